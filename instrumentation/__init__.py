@@ -1,0 +1,36 @@
+"""flowtel's producer side: wrap workflows and steps in OpenTelemetry spans.
+
+Three ways to instrument, all producing the same spans: the context managers
+(:func:`workflow_run`, ``run.step``), the decorators (:func:`workflow`, :func:`step`) and the
+class-based engine (:class:`Workflow`, :class:`Step`). This package depends on the
+OpenTelemetry API and the standard library only; turning spans into history rows is the job of
+the ``exporters`` package.
+"""
+
+from __future__ import annotations
+
+from .attributes import RunStatus, StepStatus
+from .decorators import step, workflow
+from .redaction import REDACTED, Redactor, get_redactor, redact, set_redactor
+from .runs import RunScope, WorkflowRun, current_run, workflow_run
+from .steps import StepRun, StepScope
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REDACTED",
+    "Redactor",
+    "RunScope",
+    "RunStatus",
+    "StepRun",
+    "StepScope",
+    "StepStatus",
+    "__version__",
+    "current_run",
+    "get_redactor",
+    "redact",
+    "set_redactor",
+    "step",
+    "workflow",
+    "workflow_run",
+]

@@ -1,0 +1,102 @@
+"""The span contract: every attribute name, status value and tracer name flowtel uses.
+
+Producers (this package) and consumers (``exporters``) read names from here and nowhere else,
+so a renamed attribute is one edit. Workflow and step spans carry ``workflow.run_id`` from the
+moment they are created, which lets a sampler recognise them before they exist; run and step
+statuses are string enums whose values are what the history tables store.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "CONTEXT_PREFIX",
+    "ERROR_TYPE",
+    "FINAL_RUN_STATUSES",
+    "INSTRUMENTATION_NAME",
+    "RUN_CONTEXT_JSON",
+    "RUN_DECLARED_STEPS",
+    "RUN_DESCRIPTION",
+    "RUN_ID",
+    "RUN_NAME",
+    "RUN_PARENT_RUN_ID",
+    "RUN_STATUS",
+    "RUN_STEPS_COMPLETED",
+    "RUN_TOTAL_STEPS",
+    "RUN_WORKFLOW_ID",
+    "RunStatus",
+    "STEP_ATTEMPT",
+    "STEP_DESCRIPTION",
+    "STEP_INDEX",
+    "STEP_MESSAGE",
+    "STEP_NAME",
+    "STEP_STATUS",
+    "StepStatus",
+]
+
+INSTRUMENTATION_NAME = "flowtel"
+"""Name of the tracer that creates workflow and step spans."""
+
+# --- workflow (run) span, set at start -------------------------------------------------------
+RUN_ID = "workflow.run_id"
+"""Unique id of one execution; on every workflow *and* step span, at creation."""
+RUN_WORKFLOW_ID = "workflow.id"
+"""Logical id (``provision_<server>``); re-running it makes a new run."""
+RUN_NAME = "workflow.name"
+RUN_DESCRIPTION = "workflow.description"
+RUN_TOTAL_STEPS = "workflow.total_steps"
+RUN_PARENT_RUN_ID = "workflow.parent_run_id"
+RUN_DECLARED_STEPS = "workflow.declared_steps"
+"""Names of the steps a workflow declares up front (class API), in order."""
+CONTEXT_PREFIX = "workflow.context."
+"""Prefix of one attribute per (redacted) context entry: ``workflow.context.server_id``."""
+RUN_CONTEXT_JSON = "workflow.context_json"
+"""The whole (redacted) context as one JSON object, so nested values survive to the row."""
+
+# --- workflow (run) span, set at end ---------------------------------------------------------
+RUN_STATUS = "workflow.status"
+RUN_STEPS_COMPLETED = "workflow.steps_completed"
+ERROR_TYPE = "error.type"
+"""OpenTelemetry's semantic-convention key for the class of error (exception type name)."""
+
+# --- step span -------------------------------------------------------------------------------
+STEP_NAME = "workflow.step.name"
+STEP_INDEX = "workflow.step.index"
+STEP_ATTEMPT = "workflow.step.attempt"
+STEP_DESCRIPTION = "workflow.step.description"
+STEP_STATUS = "workflow.step.status"
+STEP_MESSAGE = "workflow.step.message"
+
+
+class RunStatus(str, enum.Enum):
+    """Status of one workflow run, as stored in ``workflow_history.status``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ABANDONED = "abandoned"
+    """Set by the reaper for a run whose process died; a late terminal write replaces it."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StepStatus(str, enum.Enum):
+    """Status of one step attempt, as stored in ``workflow_step_history.status``."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RETRYING = "retrying"
+    """An attempt that failed and will be retried."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+"""Statuses nothing may overwrite once written."""

@@ -1,0 +1,163 @@
+"""One step attempt: the ``run.step(...)`` scope and the handle it yields.
+
+A step span is a child of its run's span named after the step, carrying the run id, the step's
+1-based index and attempt from creation. The handle lets the code inside the step say how it
+ended without raising (``skip``, ``fail``, ``retrying``); an exception leaving the block marks
+the attempt ``failed`` and is re-raised unchanged.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from . import attributes as attr
+from ._spans import error_description, record_error
+from .attributes import StepStatus
+from .redaction import mask_url_credentials
+
+if TYPE_CHECKING:
+    from .runs import WorkflowRun
+
+__all__ = ["StepRun", "StepScope"]
+
+
+class StepRun:
+    """Handle of one step attempt, yielded by ``with run.step(...) as step:``."""
+
+    __slots__ = ("_explicit", "attempt", "index", "message", "name", "run", "span", "status")
+
+    def __init__(self, run: WorkflowRun, name: str, index: int, attempt: int, span: Span) -> None:
+        self.run = run
+        self.name = name
+        self.index = index
+        self.attempt = attempt
+        self.span = span
+        self.status = StepStatus.RUNNING
+        self.message: str | None = None
+        self._explicit: tuple[StepStatus, str | None, str | None] | None = None
+
+    def set_message(self, message: str) -> None:
+        """Attach a human-readable outcome message to the step."""
+        self.message = message
+
+    def skip(self, message: str | None = None) -> None:
+        """End the step as ``skipped`` when the block exits normally."""
+        self._explicit = (StepStatus.SKIPPED, message, None)
+
+    def fail(self, message: str, *, error_type: str | None = None) -> None:
+        """End the step as ``failed`` without raising."""
+        self._explicit = (StepStatus.FAILED, message, error_type)
+
+    def retrying(self, message: str | None = None) -> None:
+        """End the attempt as ``retrying``: it failed and another attempt follows."""
+        self._explicit = (StepStatus.RETRYING, message, None)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        span = self.span
+        if exc is not None:
+            explicit = self._explicit
+            self.status = (
+                StepStatus.RETRYING
+                if explicit is not None and explicit[0] == StepStatus.RETRYING
+                else StepStatus.FAILED
+            )
+            self.message = error_description(exc)
+            record_error(span, exc, self.message)
+        elif self._explicit is None:
+            self.status = StepStatus.COMPLETED
+        else:
+            status, message, error_type = self._explicit
+            self.status = status
+            if message is not None:
+                self.message = message
+            if status in (StepStatus.FAILED, StepStatus.RETRYING):
+                if error_type:
+                    span.set_attribute(attr.ERROR_TYPE, error_type)
+                span.set_status(Status(StatusCode.ERROR, mask_url_credentials(message or "")))
+        if self.message is None:
+            span.set_attribute(attr.STEP_STATUS, self.status.value)
+        else:
+            span.set_attributes(
+                {
+                    attr.STEP_STATUS: self.status.value,
+                    attr.STEP_MESSAGE: mask_url_credentials(self.message),
+                }
+            )
+        self.run._step_finished(self)
+
+
+class StepScope:
+    """``with``/``async with`` scope of one step attempt; see ``WorkflowRun.step``."""
+
+    __slots__ = ("_attributes", "_name", "_run", "_step", "_token", "_tracer")
+
+    def __init__(
+        self,
+        run: WorkflowRun,
+        tracer: trace.Tracer,
+        name: str,
+        index: int,
+        attempt: int,
+        description: str | None,
+    ) -> None:
+        self._run = run
+        self._tracer = tracer
+        self._name = name
+        attributes: dict[str, Any] = {
+            attr.RUN_ID: run.run_id,
+            attr.STEP_NAME: name,
+            attr.STEP_INDEX: index,
+            attr.STEP_ATTEMPT: attempt,
+        }
+        if description is not None:
+            attributes[attr.STEP_DESCRIPTION] = description
+        self._attributes = attributes
+        self._step: StepRun | None = None
+        self._token: object | None = None
+
+    def __enter__(self) -> StepRun:
+        parent = trace.set_span_in_context(self._run.span)
+        span = self._tracer.start_span(
+            self._name,
+            context=parent,
+            attributes=self._attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        attrs = self._attributes
+        step = StepRun(self._run, self._name, attrs[attr.STEP_INDEX], attrs[attr.STEP_ATTEMPT], span)
+        self._token = otel_context.attach(trace.set_span_in_context(span, parent))
+        self._step = step
+        return step
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        step, token = self._step, self._token
+        if step is None:
+            return
+        self._step = self._token = None
+        try:
+            step._finish(exc)
+        finally:
+            otel_context.detach(token)  # type: ignore[arg-type]
+            step.span.end()
+
+    async def __aenter__(self) -> StepRun:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
