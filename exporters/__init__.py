@@ -16,8 +16,8 @@ from .schema import create_schema, workflow_history, workflow_step_history
 from .setup import Flowtel, configure
 
 __all__ = [
-    "DEFAULT_DATABASE_URL",
     "AuditSampler",
+    "DEFAULT_DATABASE_URL",
     "DatabaseURLError",
     "Flowtel",
     "WorkflowHistorySpanProcessor",

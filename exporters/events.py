@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from opentelemetry.sdk.trace import ReadableSpan
-
 from instrumentation import attributes as attr
 
 __all__ = [
@@ -66,7 +64,7 @@ class StepStart(NamedTuple):
     span_id: int
     start_ns: int
     name: str
-    index: int
+    step_index: int
     attempt: int
 
 
@@ -78,7 +76,7 @@ class StepEnd(NamedTuple):
     start_ns: int
     end_ns: int
     name: str
-    index: int
+    step_index: int
     attempt: int
     status: str
     message: str | None
@@ -88,7 +86,7 @@ class StepEnd(NamedTuple):
 Event = RunStart | RunEnd | StepStart | StepEnd
 
 
-def _error(span: ReadableSpan) -> ErrorInfo | None:
+def _error(span: Any) -> ErrorInfo | None:
     for event in reversed(span.events):
         if event.name == "exception":
             a = event.attributes or {}
@@ -104,9 +102,27 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) else default
+
+
+def _attributes(span: Any) -> Any:
+    """The span's attributes as a plain mapping, read without the public property's copies.
+
+    ``span.attributes`` wraps the SDK's ``BoundedAttributes`` in a ``MappingProxyType`` whose
+    every ``get`` runs two Python-level calls; on the application's thread that adds up. The
+    SDK's private ``_attributes._dict`` is read when present, the public property otherwise.
+    """
+    bounded = getattr(span, "_attributes", None)
+    plain = getattr(bounded, "_dict", None)
+    if isinstance(plain, dict):
+        return plain
+    return span.attributes or {}
+
+
 def run_or_step_start(span: Any) -> Event | None:
     """Return the start event for a workflow or step *span*, ``None`` for other spans."""
-    attributes = span.attributes
+    attributes = _attributes(span)
     run_id = attributes.get(attr.RUN_ID)
     if run_id is None:
         return None
@@ -126,22 +142,23 @@ def run_or_step_start(span: Any) -> Event | None:
         context.span_id,
         span.start_time,
         str(step_name),
-        int(attributes.get(attr.STEP_INDEX, 0)),
-        int(attributes.get(attr.STEP_ATTEMPT, 1)),
+        _int(attributes.get(attr.STEP_INDEX), 0),
+        _int(attributes.get(attr.STEP_ATTEMPT), 1),
     )
 
 
-def run_or_step_end(span: ReadableSpan) -> Event | None:
+def run_or_step_end(span: Any) -> Event | None:
     """Return the end event for a workflow or step *span*, ``None`` for other spans."""
-    attributes = span.attributes or {}
+    attributes = _attributes(span)
     run_id = attributes.get(attr.RUN_ID)
     if run_id is None:
         return None
-    context = span.get_span_context()
+    context = span.context
     start_ns = span.start_time or 0
     end_ns = span.end_time or start_ns
     step_name = attributes.get(attr.STEP_NAME)
-    error = _error(span) if span.events else None
+    events = getattr(span, "_events", None)
+    error = _error(span) if (events if events is not None else span.events) else None
     if step_name is None:
         return RunEnd(
             str(run_id),
@@ -160,8 +177,8 @@ def run_or_step_end(span: ReadableSpan) -> Event | None:
         start_ns,
         end_ns,
         str(step_name),
-        int(attributes.get(attr.STEP_INDEX, 0)),
-        int(attributes.get(attr.STEP_ATTEMPT, 1)),
+        _int(attributes.get(attr.STEP_INDEX), 0),
+        _int(attributes.get(attr.STEP_ATTEMPT), 1),
         str(attributes.get(attr.STEP_STATUS, "completed")),
         _str(attributes.get(attr.STEP_MESSAGE)),
         error,

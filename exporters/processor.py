@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from sqlalchemy.engine import Engine
 
 from .events import run_or_step_end, run_or_step_start
-from .schema import create_schema
 from .writer import HistoryWriter, WriterStats
 
 __all__ = ["WorkflowHistorySpanProcessor"]
@@ -48,7 +47,8 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
     Args:
         engine: the SQLAlchemy engine of the history database (see ``make_engine``).
         service_name: stored in each run row's ``service_name``.
-        create_tables: create the tables if they do not exist (at construction).
+        create_tables: create the tables if they do not exist (by the writer thread, before
+            its first write, so an unreachable database never fails the caller).
         max_queue_size: events held in memory before new ones are dropped (and counted).
         max_batch_size: events folded into one write at most.
         flush_interval: seconds the idle writer waits before looking at the queue again; a
@@ -72,11 +72,10 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
     ) -> None:
         if max_queue_size < 1 or max_batch_size < 1:
             raise ValueError("max_queue_size and max_batch_size must be at least 1")
-        if create_tables:
-            create_schema(engine)
         self.engine = engine
         self._writer = HistoryWriter(
             engine,
+            create_tables=create_tables,
             service_name=service_name,
             context_keys=context_keys,
             trace_url_template=trace_url_template
@@ -191,6 +190,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
         )
         try:
+            self._writer.prepare()
             self._loop()
         except Exception:  # pragma: no cover - last resort: never die silently
             logger.exception("flowtel's history writer stopped unexpectedly")
@@ -238,6 +238,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         self.engine.dispose(close=False)
         self._writer = HistoryWriter(
             self.engine,
+            create_tables=self._writer._create_tables,
             service_name=self._writer._service_name,
             context_keys=self._writer._context_keys,
             trace_url_template=self._writer._trace_url_template,

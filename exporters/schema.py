@@ -60,6 +60,11 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return dialect.type_descriptor(DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime())
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return _sqlite_text  # the writer's hot path: skip SQLAlchemy's generic formatting
+        return super().bind_processor(dialect)
+
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
         if value is None:
             return None
@@ -73,9 +78,22 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         if isinstance(value, str):  # rows written as text by other tools (old SQLite table)
             value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        stamp: dt.datetime = value
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=dt.UTC)
+        return stamp.astimezone(dt.UTC)
+
+
+def _sqlite_text(value: dt.datetime | None) -> str | None:
+    """UTC text in SQLAlchemy's SQLite format: ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        if value.tzinfo is not dt.UTC:
+            value = value.astimezone(dt.UTC)
+        value = value.replace(tzinfo=None)
+    text = value.isoformat(" ")
+    return text if value.microsecond else text + ".000000"
 
 
 def _json() -> Any:

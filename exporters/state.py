@@ -47,7 +47,16 @@ def _iso(ns: int | None) -> str | None:
 class StepSummary:
     """What the run's metadata says about one declared step (all its attempts)."""
 
-    __slots__ = ("attempts", "completed_ns", "error", "index", "name", "started_ns", "status")
+    __slots__ = (
+        "_cache",
+        "attempts",
+        "completed_ns",
+        "error",
+        "index",
+        "name",
+        "started_ns",
+        "status",
+    )
 
     def __init__(self, index: int, name: str) -> None:
         self.index = index
@@ -57,10 +66,15 @@ class StepSummary:
         self.started_ns: int | None = None
         self.completed_ns: int | None = None
         self.error: str | None = None
+        self._cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The step's entry in ``metadata.steps``."""
-        return {
+        """The step's entry in ``metadata.steps`` (cached until the step changes)."""
+        key = (self.status, self.attempts, self.started_ns, self.completed_ns, self.error)
+        cached = self._cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        value = {
             "index": self.index,
             "name": self.name,
             "status": self.status,
@@ -69,6 +83,8 @@ class StepSummary:
             "completed_at": _iso(self.completed_ns),
             "error": self.error,
         }
+        self._cache = (key, value)
+        return value
 
 
 class RunState:
@@ -98,7 +114,7 @@ class RunState:
     def apply(self, event: RunStart | RunEnd | StepStart | StepEnd) -> None:
         """Fold one event into the state."""
         if isinstance(event, StepStart):
-            summary = self._summary(event.index, event.name)
+            summary = self._summary(event.step_index, event.name)
             summary.status = StepStatus.RUNNING.value
             summary.attempts = max(summary.attempts, event.attempt)
             summary.started_ns = summary.started_ns or event.start_ns
@@ -127,7 +143,7 @@ class RunState:
                 self.error_type = _error_type(event.attributes, event.error)
 
     def _apply_step_end(self, event: StepEnd) -> None:
-        summary = self._summary(event.index, event.name)
+        summary = self._summary(event.step_index, event.name)
         summary.attempts = max(summary.attempts, event.attempt)
         summary.started_ns = summary.started_ns or event.start_ns
         summary.status = event.status
@@ -273,7 +289,7 @@ def step_row(event: StepStart | StepEnd) -> dict[str, Any]:
     return {
         "run_id": event.run_id,
         "span_id": trace.format_span_id(event.span_id),
-        "step_index": event.index,
+        "step_index": event.step_index,
         "step_name": event.name,
         "attempt": event.attempt,
         "status": event.status if isinstance(event, StepEnd) else StepStatus.RUNNING.value,

@@ -39,21 +39,26 @@ def _on_conflict(
     stmt = module.insert(table)
     excluded = stmt.excluded
     condition = guard(table.c, excluded)
-    return stmt.on_conflict_do_update(
+    upsert: Executable = stmt.on_conflict_do_update(
         index_elements=[key],
         set_={name: excluded[name] for name in columns if name != key},
         where=condition,
     )
+    return upsert
 
 
 def _run_guard(target: Any, new: Any) -> ColumnElement[bool]:
     # literal values: an expanding IN parameter cannot be used with executemany()
-    finals = [literal_column(f"'{status}'") for status in _FINAL]
-    return and_(target.seq < new.seq, not_(target.status.in_(finals)))
+    finals: list[ColumnElement[str]] = [literal_column(f"'{status}'") for status in _FINAL]
+    condition: ColumnElement[bool] = and_(target.seq < new.seq, not_(target.status.in_(finals)))
+    return condition
 
 
 def _step_guard(target: Any, new: Any) -> ColumnElement[bool]:
-    return target.status == literal_column(f"'{StepStatus.RUNNING.value}'")
+    condition: ColumnElement[bool] = target.status == literal_column(
+        f"'{StepStatus.RUNNING.value}'"
+    )
+    return condition
 
 
 def _mysql(table: Table, key: str, columns: Sequence[str], last: Sequence[str], cond: str) -> Any:
@@ -90,9 +95,13 @@ def _statement(dialect: str, kind: str) -> Executable:
             )
     elif dialect in ("mysql", "mariadb"):
         if kind == "run":
-            stmt = _mysql(workflow_history, "run_id", RUN_COLUMNS, ("status", "seq"), _MYSQL_RUN_COND)
+            stmt = _mysql(
+                workflow_history, "run_id", RUN_COLUMNS, ("status", "seq"), _MYSQL_RUN_COND
+            )
         else:
-            stmt = _mysql(workflow_step_history, "span_id", STEP_COLUMNS, ("status",), _MYSQL_STEP_COND)
+            stmt = _mysql(
+                workflow_step_history, "span_id", STEP_COLUMNS, ("status",), _MYSQL_STEP_COND
+            )
     else:
         raise UnsupportedDatabaseError(
             f"flowtel cannot write history to a {dialect!r} database; "

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from .database import display_url
 from .events import StepEnd, StepStart
+from .schema import create_schema
 from .state import RunState, step_row
 from .upsert import upsert_rows
 
@@ -48,6 +49,7 @@ class HistoryWriter:
         self,
         engine: Engine,
         *,
+        create_tables: bool = True,
         service_name: str | None = None,
         context_keys: tuple[str, str] = ("server_id", "device_type"),
         trace_url_template: str | None = None,
@@ -56,6 +58,7 @@ class HistoryWriter:
     ) -> None:
         self.engine = engine
         self.stats = WriterStats()
+        self._create_tables = create_tables
         self._service_name = service_name
         self._context_keys = context_keys
         self._trace_url_template = trace_url_template
@@ -63,7 +66,7 @@ class HistoryWriter:
         self._max_backoff = max_backoff
         self._runs: dict[str, RunState] = {}
         self._dirty: dict[str, RunState] = {}
-        self._steps: dict[int, dict[str, Any]] = {}
+        self._steps: dict[int, StepStart | StepEnd] = {}
         self._failing_since: float | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -83,7 +86,7 @@ class HistoryWriter:
         runs, dirty, steps = self._runs, self._dirty, self._steps
         for event in events:
             if isinstance(event, (StepStart, StepEnd)):
-                steps[event.span_id] = step_row(event)  # queue order: an end follows its start
+                steps[event.span_id] = event  # queue order: an end follows its start
                 run = runs.get(event.run_id)
                 if run is None:
                     continue  # the run's own span was not seen (yet): its end will carry all
@@ -105,6 +108,16 @@ class HistoryWriter:
             del self._steps[key]
         self.stats.steps_dropped += excess
 
+    def prepare(self) -> None:
+        """Create the tables now if asked to (a failure is retried before the first write)."""
+        if not self._create_tables:
+            return
+        try:
+            create_schema(self.engine)
+            self._create_tables = False
+        except Exception as exc:
+            self._failed(exc)
+
     def ready(self, now: float | None = None) -> bool:
         """Whether a write may be attempted now (not inside a retry backoff)."""
         return (now if now is not None else time.monotonic()) >= self._retry_at
@@ -115,8 +128,11 @@ class HistoryWriter:
             return True
         dirty = self._dirty
         run_rows = [run.row(self._context_keys) for run in dirty.values()]
-        step_rows = list(self._steps.values())
+        step_rows = [step_row(event) for event in self._steps.values()]
         try:
+            if self._create_tables:
+                create_schema(self.engine)
+                self._create_tables = False
             with self.engine.begin() as connection:
                 upsert_rows(connection, run_rows, step_rows)
         except Exception as exc:

@@ -11,6 +11,15 @@ from __future__ import annotations
 
 from .attributes import RunStatus, StepStatus
 from .decorators import step, workflow
+from .engine import (
+    ResultStatus,
+    Step,
+    StepContext,
+    StepExecutionResult,
+    StepResult,
+    Workflow,
+    WorkflowResult,
+)
 from .redaction import REDACTED, Redactor, get_redactor, redact, set_redactor
 from .runs import RunScope, WorkflowRun, current_run, workflow_run
 from .steps import StepRun, StepScope
@@ -20,11 +29,19 @@ __version__ = "0.1.0"
 __all__ = [
     "REDACTED",
     "Redactor",
+    "ResultStatus",
     "RunScope",
     "RunStatus",
+    "Step",
+    "StepContext",
+    "StepExecutionResult",
+    "StepResult",
     "StepRun",
     "StepScope",
     "StepStatus",
+    "Workflow",
+    "WorkflowResult",
+    "WorkflowRun",
     "__version__",
     "current_run",
     "get_redactor",

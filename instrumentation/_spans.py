@@ -121,7 +121,9 @@ def record_error(span: Span, exc: BaseException, description: str) -> None:
 
 def _qualified_name(cls: type) -> str:
     module = cls.__module__
-    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    return (
+        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    )
 
 
 def error_description(exc: BaseException) -> str:

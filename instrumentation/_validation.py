@@ -16,8 +16,14 @@ MAX_NAME_LENGTH = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+_known_good: set[str] = set()
+_KNOWN_GOOD_LIMIT = 10_000
+
+
 def check_name(value: Any, what: str) -> str:
     """Return *value* if it is a usable name or id, else raise ``TypeError``/``ValueError``."""
+    if type(value) is str and value in _known_good:  # low-cardinality: each checked once
+        return value
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string, not {type(value).__name__}: {value!r}")
     if not value.strip():
@@ -29,6 +35,8 @@ def check_name(value: Any, what: str) -> str:
         )
     if _CONTROL.search(value):
         raise ValueError(f"{what} must not contain control characters: {value!r}")
+    if len(_known_good) < _KNOWN_GOOD_LIMIT:
+        _known_good.add(value)
     return value
 
 

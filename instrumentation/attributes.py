@@ -25,13 +25,13 @@ __all__ = [
     "RUN_STEPS_COMPLETED",
     "RUN_TOTAL_STEPS",
     "RUN_WORKFLOW_ID",
-    "RunStatus",
     "STEP_ATTEMPT",
     "STEP_DESCRIPTION",
     "STEP_INDEX",
     "STEP_MESSAGE",
     "STEP_NAME",
     "STEP_STATUS",
+    "RunStatus",
     "StepStatus",
 ]
 
@@ -69,7 +69,7 @@ STEP_STATUS = "workflow.step.status"
 STEP_MESSAGE = "workflow.step.message"
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """Status of one workflow run, as stored in ``workflow_history.status``."""
 
     PENDING = "pending"
@@ -80,11 +80,8 @@ class RunStatus(str, enum.Enum):
     ABANDONED = "abandoned"
     """Set by the reaper for a run whose process died; a late terminal write replaces it."""
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
     """Status of one step attempt, as stored in ``workflow_step_history.status``."""
 
     RUNNING = "running"
@@ -93,9 +90,6 @@ class StepStatus(str, enum.Enum):
     SKIPPED = "skipped"
     RETRYING = "retrying"
     """An attempt that failed and will be retried."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})

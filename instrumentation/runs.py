@@ -66,6 +66,8 @@ class WorkflowRun:
         self._next_index = 1
         self._last: tuple[str, int, int] | None = None  # name, index, attempt of the last step
         self._done_indexes: set[int] = set()
+        self.parent_context = trace.set_span_in_context(span)
+        """The OpenTelemetry context whose current span is the run's: steps' parent."""
 
     @property
     def trace_id(self) -> str:

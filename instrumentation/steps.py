@@ -121,7 +121,7 @@ class StepScope:
         self._token: object | None = None
 
     def __enter__(self) -> StepRun:
-        parent = trace.set_span_in_context(self._run.span)
+        parent = self._run.parent_context
         span = self._tracer.start_span(
             self._name,
             context=parent,
@@ -130,7 +130,9 @@ class StepScope:
             set_status_on_exception=False,
         )
         attrs = self._attributes
-        step = StepRun(self._run, self._name, attrs[attr.STEP_INDEX], attrs[attr.STEP_ATTEMPT], span)
+        step = StepRun(
+            self._run, self._name, attrs[attr.STEP_INDEX], attrs[attr.STEP_ATTEMPT], span
+        )
         self._token = otel_context.attach(trace.set_span_in_context(span, parent))
         self._step = step
         return step

@@ -1,0 +1,171 @@
+"""Shared fixtures: one tracer provider for the session, real databases per backend.
+
+The global tracer provider is installed once (the OpenTelemetry API allows that only once per
+process) with a switchboard processor; each test plugs its own processors into it, so tests
+never leak spans into each other. Database tests run against a real SQLite file, a real
+PostgreSQL and a real MariaDB. Server URLs come from ``FLOWTEL_TEST_POSTGRES_URL`` and
+``FLOWTEL_TEST_MYSQL_URL`` (``eval "$(bash .ci/databases.sh)"`` starts both and prints them);
+under CI (``CI=true``) or ``FLOWTEL_REQUIRE_SERVICES=1`` a missing server fails the test instead
+of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from exporters import WorkflowHistorySpanProcessor, make_engine
+from exporters.schema import metadata, workflow_history, workflow_step_history
+
+BACKENDS = ("sqlite", "postgresql", "mysql")
+SERVER_ENV = {"postgresql": "FLOWTEL_TEST_POSTGRES_URL", "mysql": "FLOWTEL_TEST_MYSQL_URL"}
+REQUIRE_SERVICES = (
+    os.environ.get("CI", "").lower() == "true" or os.environ.get("FLOWTEL_REQUIRE_SERVICES") == "1"
+)
+
+
+def missing_service(what: str, how: str) -> None:
+    """Fail under CI, skip locally, naming what enables the test."""
+    message = f"{what} is not available: {how}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (CI requires it)", pytrace=False)
+    pytest.skip(message)
+
+
+class Switchboard(SpanProcessor):
+    """Forwards span callbacks to whatever processors the current test plugged in."""
+
+    def __init__(self) -> None:
+        self.targets: list[SpanProcessor] = []
+
+    def on_start(self, span: Span, parent_context: Any = None) -> None:
+        for target in self.targets:
+            target.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for target in self.targets:
+            target.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(t.force_flush(timeout_millis) for t in self.targets)
+
+
+_SWITCHBOARD = Switchboard()
+_PROVIDER = TracerProvider(shutdown_on_exit=False)
+_PROVIDER.add_span_processor(_SWITCHBOARD)
+trace.set_tracer_provider(_PROVIDER)
+
+
+@pytest.fixture
+def tracer_provider() -> Iterator[TracerProvider]:
+    """The global SDK tracer provider, with no processor plugged in yet."""
+    _SWITCHBOARD.targets = []
+    yield _PROVIDER
+    _SWITCHBOARD.targets = []
+
+
+@pytest.fixture
+def span_exporter(tracer_provider: TracerProvider) -> InMemorySpanExporter:
+    """Collects every span the test creates, in end order."""
+    exporter = InMemorySpanExporter()
+    _SWITCHBOARD.targets.append(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def _server_url(backend: str) -> str:
+    variable = SERVER_ENV[backend]
+    url = os.environ.get(variable)
+    if not url:
+        missing_service(backend, f'set {variable} (eval "$(bash .ci/databases.sh)")')
+    return str(url)
+
+
+@pytest.fixture(scope="session")
+def server_database() -> Iterator[dict[str, str]]:
+    """A throw-away database per server backend for this test session (created lazily)."""
+    created: dict[str, tuple[sa.URL, str]] = {}
+    urls: dict[str, str] = {}
+
+    class Lazy(dict[str, str]):
+        def __missing__(self, backend: str) -> str:
+            base = sa.make_url(_server_url(backend))
+            name = f"flowtel_test_{os.getpid()}_{random.getrandbits(24):06x}"
+            admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+            try:
+                with admin.connect() as connection:
+                    connection.execute(sa.text(f"CREATE DATABASE {name}"))
+            except sa.exc.OperationalError as exc:
+                missing_service(backend, f"cannot connect ({type(exc).__name__}); start it")
+            finally:
+                admin.dispose()
+            created[backend] = (base, name)
+            url = base.set(database=name).render_as_string(hide_password=False)
+            self[backend] = url
+            return url
+
+    urls = Lazy()
+    yield urls
+    for base, name in created.values():
+        admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Any, server_database: Any) -> str:
+    """A URL of an empty history database on each backend (SQLite file, PostgreSQL, MariaDB)."""
+    backend = request.param
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/history.db"
+    url = str(server_database[backend])
+    engine = sa.create_engine(url)
+    metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+class History:
+    """A history processor plugged into the test's provider, plus read helpers."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.engine = make_engine(url)
+        self.processor = WorkflowHistorySpanProcessor(self.engine, **options)
+
+    def flush(self) -> None:
+        assert self.processor.force_flush(10_000), self.processor.stats
+
+    def runs(self, **where: Any) -> list[sa.Row[Any]]:
+        query = sa.select(workflow_history).order_by(workflow_history.c.id)
+        for key, value in where.items():
+            query = query.where(workflow_history.c[key] == value)
+        with self.engine.connect() as connection:
+            return list(connection.execute(query))
+
+    def steps(self, run_id: str) -> list[sa.Row[Any]]:
+        table = workflow_step_history
+        query = (
+            sa.select(table)
+            .where(table.c.run_id == run_id)
+            .order_by(table.c.step_index, table.c.attempt)
+        )
+        with self.engine.connect() as connection:
+            return list(connection.execute(query))
+
+
+@pytest.fixture
+def history(db_url: str, tracer_provider: TracerProvider) -> Iterator[History]:
+    """Workflow history recorded into ``db_url`` from every span the test creates."""
+    recorder = History(db_url)
+    _SWITCHBOARD.targets.append(recorder.processor)
+    yield recorder
+    recorder.processor.shutdown(10_000)
