@@ -1,10 +1,12 @@
-"""Span → event: the few scalar fields the writer needs, copied on the application's thread.
+"""Span → event, in two halves: a cheap capture on the application's thread, decoding later.
 
-The processor's ``on_start``/``on_end`` call these functions and queue the resulting tuples.
-They hold only strings, numbers and (for a run's start) a small dict of attributes, never the
-span itself: queued span objects would make the cyclic garbage collector walk them on the
-caller's thread, and tuples of scalars are cheap to keep. Spans that do not carry
-``workflow.run_id`` are not workflow spans and yield ``None``.
+The processor's ``on_start``/``on_end`` call :func:`capture_start`/:func:`capture_end`, which
+copy a handful of fields into a plain tuple — never the span itself: queued span objects would
+make the cyclic garbage collector walk them on the caller's thread. An ended span's attribute
+dict is immutable, so the tuple may reference it; a started span's is not, so a run's start
+copies it (once per run) and a step's start reads its three fixed keys. The writer thread turns
+the tuples into typed events with :func:`decode`. Spans without ``workflow.run_id`` are not
+workflow spans and are not captured.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from instrumentation import attributes as attr
 
 __all__ = [
     "ErrorInfo",
+    "Event",
     "RunEnd",
     "RunStart",
     "StepEnd",
     "StepStart",
-    "run_or_step_end",
-    "run_or_step_start",
+    "capture_end",
+    "capture_start",
+    "decode",
 ]
 
 
@@ -81,21 +85,10 @@ class StepEnd(NamedTuple):
     status: str
     message: str | None
     error: ErrorInfo | None
+    logs: tuple[dict[str, Any], ...] | None = None
 
 
 Event = RunStart | RunEnd | StepStart | StepEnd
-
-
-def _error(span: Any) -> ErrorInfo | None:
-    for event in reversed(span.events):
-        if event.name == "exception":
-            a = event.attributes or {}
-            return ErrorInfo(
-                _str(a.get("exception.type")),
-                _str(a.get("exception.message")),
-                _str(a.get("exception.stacktrace")),
-            )
-    return None
 
 
 def _str(value: Any) -> str | None:
@@ -117,11 +110,14 @@ def _attributes(span: Any) -> Any:
     plain = getattr(bounded, "_dict", None)
     if isinstance(plain, dict):
         return plain
-    return span.attributes or {}
+    return dict(span.attributes or {})
 
 
-def run_or_step_start(span: Any) -> Event | None:
-    """Return the start event for a workflow or step *span*, ``None`` for other spans."""
+_RUN_START, _STEP_START, _END = 0, 1, 2
+
+
+def capture_start(span: Any) -> tuple[Any, ...] | None:
+    """On the application's thread: the fields of a started workflow or step span."""
     attributes = _attributes(span)
     run_id = attributes.get(attr.RUN_ID)
     if run_id is None:
@@ -129,51 +125,80 @@ def run_or_step_start(span: Any) -> Event | None:
     context = span.context
     step_name = attributes.get(attr.STEP_NAME)
     if step_name is None:
-        return RunStart(
-            str(run_id),
+        return (
+            _RUN_START,
+            dict(attributes),
             context.trace_id,
             context.span_id,
-            int(context.trace_flags),
+            context.trace_flags,
             span.start_time,
-            dict(attributes),
         )
-    return StepStart(
-        str(run_id),
+    return (
+        _STEP_START,
+        run_id,
+        step_name,
+        attributes.get(attr.STEP_INDEX),
+        attributes.get(attr.STEP_ATTEMPT),
         context.span_id,
         span.start_time,
-        str(step_name),
-        _int(attributes.get(attr.STEP_INDEX), 0),
-        _int(attributes.get(attr.STEP_ATTEMPT), 1),
     )
 
 
-def run_or_step_end(span: Any) -> Event | None:
-    """Return the end event for a workflow or step *span*, ``None`` for other spans."""
+def capture_end(span: Any) -> tuple[Any, ...] | None:
+    """On the application's thread: the fields of an ended workflow or step span."""
     attributes = _attributes(span)
-    run_id = attributes.get(attr.RUN_ID)
-    if run_id is None:
+    if attr.RUN_ID not in attributes:
         return None
     context = span.context
-    start_ns = span.start_time or 0
-    end_ns = span.end_time or start_ns
-    step_name = attributes.get(attr.STEP_NAME)
     events = getattr(span, "_events", None)
-    error = _error(span) if (events if events is not None else span.events) else None
+    if events is None:
+        events = span.events
+    return (
+        _END,
+        attributes,
+        context.trace_id,
+        context.span_id,
+        context.trace_flags,
+        span.start_time,
+        span.end_time,
+        span.status.description,
+        tuple(events) if events else None,
+    )
+
+
+def decode(raw: tuple[Any, ...]) -> Event:
+    """On the writer's thread: turn a captured tuple into a typed event."""
+    kind = raw[0]
+    if kind == _STEP_START:
+        _, run_id, name, index, attempt, span_id, start_ns = raw
+        return StepStart(
+            str(run_id), span_id, start_ns, str(name), _int(index, 0), _int(attempt, 1)
+        )
+    if kind == _RUN_START:
+        _, attributes, trace_id, span_id, flags, start_ns = raw
+        run_id = str(attributes[attr.RUN_ID])
+        return RunStart(run_id, trace_id, span_id, int(flags), start_ns, attributes)
+    _, attributes, trace_id, span_id, flags, start_ns, end_ns, description, events = raw
+    run_id = str(attributes[attr.RUN_ID])
+    start_ns = start_ns or 0
+    end_ns = end_ns or start_ns
+    error = _error(events) if events else None
+    step_name = attributes.get(attr.STEP_NAME)
     if step_name is None:
         return RunEnd(
-            str(run_id),
-            context.trace_id,
-            context.span_id,
-            int(context.trace_flags),
+            run_id,
+            trace_id,
+            span_id,
+            int(flags),
             start_ns,
             end_ns,
             dict(attributes),
-            span.status.description,
+            description,
             error,
         )
     return StepEnd(
-        str(run_id),
-        context.span_id,
+        run_id,
+        span_id,
         start_ns,
         end_ns,
         str(step_name),
@@ -182,4 +207,33 @@ def run_or_step_end(span: Any) -> Event | None:
         str(attributes.get(attr.STEP_STATUS, "completed")),
         _str(attributes.get(attr.STEP_MESSAGE)),
         error,
+        _logs(events) if events else None,
     )
+
+
+def _error(events: tuple[Any, ...]) -> ErrorInfo | None:
+    for event in reversed(events):
+        if event.name == "exception":
+            a = event.attributes or {}
+            return ErrorInfo(
+                _str(a.get("exception.type")),
+                _str(a.get("exception.message")),
+                _str(a.get("exception.stacktrace")),
+            )
+    return None
+
+
+def _logs(events: tuple[Any, ...]) -> tuple[dict[str, Any], ...] | None:
+    lines = []
+    for event in events:
+        if event.name == attr.LOG_EVENT:
+            a = event.attributes or {}
+            lines.append(
+                {
+                    "at_ns": event.timestamp,
+                    "severity": _str(a.get(attr.LOG_SEVERITY)),
+                    "logger": _str(a.get(attr.LOG_LOGGER)),
+                    "message": _str(a.get(attr.LOG_MESSAGE)),
+                }
+            )
+    return tuple(lines) or None

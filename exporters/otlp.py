@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["make_span_exporter", "otlp_requested", "otlp_protocol"]
+__all__ = ["make_span_exporter", "otlp_protocol", "otlp_requested"]
 
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -64,4 +64,4 @@ def make_span_exporter(
         OTLPSpanExporter as HTTPSpanExporter,
     )
 
-    return HTTPSpanExporter(**kwargs)  # type: ignore[arg-type]
+    return HTTPSpanExporter(**kwargs)  # type: ignore[call-overload,no-any-return]

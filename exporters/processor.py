@@ -23,7 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from sqlalchemy.engine import Engine
 
-from .events import run_or_step_end, run_or_step_start
+from .events import capture_end, capture_start
 from .writer import HistoryWriter, WriterStats
 
 __all__ = ["WorkflowHistorySpanProcessor"]
@@ -101,7 +101,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         try:
             if self._shutdown:
                 return
-            event = run_or_step_start(span)
+            event = capture_start(span)
             if event is not None:
                 self._enqueue(event)
         except Exception:
@@ -112,7 +112,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         try:
             if self._shutdown:
                 return
-            event = run_or_step_end(span)
+            event = capture_end(span)
             if event is not None:
                 self._enqueue(event)
         except Exception:

@@ -70,7 +70,7 @@ class Flowtel:
         self._closed = True
         ok = self.processor.shutdown(timeout_millis)
         if self.span_export is not None:
-            self.span_export.shutdown()
+            self.span_export.shutdown()  # type: ignore[no-untyped-call]
         if self._owns_provider:
             self.tracer_provider.shutdown()
         return ok

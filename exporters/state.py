@@ -28,6 +28,7 @@ from .events import ErrorInfo, RunEnd, RunStart, StepEnd, StepStart
 __all__ = ["HOST", "RunState", "StepSummary", "step_row", "to_datetime"]
 
 HOST = socket.gethostname()
+MAX_LOG_LINES = 20
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _FINAL_STEP = frozenset({StepStatus.COMPLETED.value, StepStatus.SKIPPED.value})
 
@@ -300,5 +301,17 @@ def step_row(event: StepStart | StepEnd) -> dict[str, Any]:
         "error_type": error.type if error else None,
         "error_message": error.message if error else None,
         "error_stacktrace": error.stacktrace if error else None,
-        "logs": None,
+        "logs": _log_lines(event.logs) if isinstance(event, StepEnd) and event.logs else None,
     }
+
+
+def _log_lines(logs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "at": _iso(line["at_ns"]),
+            "severity": line["severity"],
+            "logger": line["logger"],
+            "message": line["message"],
+        }
+        for line in logs[-MAX_LOG_LINES:]
+    ]

@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from .bulk import bulk_upsert_rows
 from .database import display_url
-from .events import StepEnd, StepStart
+from .events import StepEnd, StepStart, decode
 from .schema import create_schema
 from .state import RunState, step_row
-from .upsert import upsert_rows
 
 __all__ = ["HistoryWriter", "WriterStats"]
 
@@ -84,7 +84,8 @@ class HistoryWriter:
     def fold(self, events: Iterable[Any]) -> None:
         """Fold *events* (in queue order) into run states and pending step rows."""
         runs, dirty, steps = self._runs, self._dirty, self._steps
-        for event in events:
+        for raw in events:
+            event = decode(raw)
             if isinstance(event, (StepStart, StepEnd)):
                 steps[event.span_id] = event  # queue order: an end follows its start
                 run = runs.get(event.run_id)
@@ -134,7 +135,7 @@ class HistoryWriter:
                 create_schema(self.engine)
                 self._create_tables = False
             with self.engine.begin() as connection:
-                upsert_rows(connection, run_rows, step_rows)
+                bulk_upsert_rows(connection, run_rows, step_rows)
         except Exception as exc:
             self._failed(exc)
             return False

@@ -15,6 +15,10 @@ __all__ = [
     "ERROR_TYPE",
     "FINAL_RUN_STATUSES",
     "INSTRUMENTATION_NAME",
+    "LOG_EVENT",
+    "LOG_LOGGER",
+    "LOG_MESSAGE",
+    "LOG_SEVERITY",
     "RUN_CONTEXT_JSON",
     "RUN_DECLARED_STEPS",
     "RUN_DESCRIPTION",
@@ -67,6 +71,15 @@ STEP_ATTEMPT = "workflow.step.attempt"
 STEP_DESCRIPTION = "workflow.step.description"
 STEP_STATUS = "workflow.step.status"
 STEP_MESSAGE = "workflow.step.message"
+
+
+# --- log lines recorded on spans ------------------------------------------------------------
+LOG_EVENT = "log"
+"""Name of the span event a warning or error log line becomes (kept on the step's row)."""
+LOG_SEVERITY = "log.severity"
+"""The log line's level in lower case: ``warning``, ``error``, ``critical``."""
+LOG_MESSAGE = "log.message"
+LOG_LOGGER = "log.logger"
 
 
 class RunStatus(enum.StrEnum):

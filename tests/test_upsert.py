@@ -27,7 +27,7 @@ def run_row(seq: int, status: str, steps: int, **extra: Any) -> dict[str, Any]:
         steps_completed=steps,
         total_steps=3,
         seq=seq,
-        metadata={"steps": steps, "quote": "it's \"quoted\"; DROP TABLE x; --"},
+        metadata={"steps": steps, "quote": 'it\'s "quoted"; DROP TABLE x; --'},
     )
     row.update(extra)
     return row
