@@ -1,0 +1,30 @@
+"""The ``flowtel`` command line: record the demo and read the history back.
+
+:data:`main` is the click group behind the ``flowtel`` console script (and
+``python -m exporters.cli``). Each command lives in its own module: ``demo`` in
+:mod:`exporters.cli.demo`, ``runs`` and ``show`` in :mod:`exporters.cli.history`. Database
+problems end with one line naming the database (password masked) and exit status 2; an unknown
+run ends with exit status 1.
+"""
+
+from __future__ import annotations
+
+import click
+
+from instrumentation import __version__
+
+from .demo import demo
+from .history import runs, show
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="flowtel")
+def main() -> None:
+    """flowtel: workflow runs recorded as SQL history and OpenTelemetry traces."""
+
+
+main.add_command(demo)
+main.add_command(runs)
+main.add_command(show)
