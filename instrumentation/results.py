@@ -28,9 +28,12 @@ __all__ = [
 ]
 
 
-@dataclass(kw_only=True)
+@dataclass
 class StepContext:
-    """The mutable state a workflow's steps share (keyword arguments only).
+    """The mutable state a workflow's steps share.
+
+    The named fields may be given positionally in the old engine's order
+    (``workflow_id, server_id, device_type, server_ip, ipmi_ip, gateway``).
 
     Attributes:
         workflow_id: the logical id of the run (default: the workflow's name).
@@ -133,8 +136,8 @@ class StepResult:
     def success(
         cls,
         message: str = "",
-        *,
         data: Mapping[str, Any] | None = None,
+        *,
         next_step: str | None = None,
     ) -> StepResult:
         """The step did its work.
@@ -155,7 +158,7 @@ class StepResult:
 
     @classmethod
     def failure(
-        cls, message: str, *, should_continue: bool = False, next_step: str | None = None
+        cls, message: str, should_continue: bool = False, *, next_step: str | None = None
     ) -> StepResult:
         """The step failed.
 
@@ -173,14 +176,21 @@ class StepResult:
         )
 
     @classmethod
-    def retry(cls, message: str, *, delay: float | None = None) -> StepResult:
+    def retry(
+        cls, message: str, *, delay: float | None = None, retry_after: float | None = None
+    ) -> StepResult:
         """The attempt failed but may succeed later: run the step again if retries remain.
 
         Args:
             message: why this attempt did not succeed.
             delay: seconds to wait before the next attempt (default: the step's
                 ``retry_delay``).
+            retry_after: the old engine's name for *delay*.
         """
+        if retry_after is not None:
+            if delay is not None:
+                raise TypeError("retry() takes delay or retry_after, not both")
+            delay = retry_after
         return cls(
             ResultStatus.RETRY,
             _check_message(message),
@@ -236,3 +246,7 @@ class WorkflowResult:
     def success(self) -> bool:
         """Whether the run completed (the old engine's boolean)."""
         return self.status is RunStatus.COMPLETED
+
+    def __bool__(self) -> bool:
+        """Truthy only for a completed run, as the old engine's ``execute()`` result was."""
+        return self.success

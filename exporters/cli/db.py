@@ -1,0 +1,209 @@
+"""``flowtel db``: upgrade, inspect, check and prune the history database.
+
+``upgrade`` applies flowtel's migrations (creating the tables, or adopting the old system's
+``workflow_history`` in place after backing up a SQLite file); ``current`` prints the recorded
+revision; ``check`` compares the live tables with the expected schema and exits 1 on any
+difference; ``prune`` deletes old runs and their steps in batches, never running ones. Every
+command takes ``--db URL``; ``current``, ``check`` and ``prune`` never create a missing SQLite
+file. Database errors exit with status 2 and a one-line message with the password masked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from sqlalchemy import inspect
+
+from .. import migrations
+from ..database import display_url, make_engine, resolve_database_url
+from ..retention import parse_age, prune
+from ..schema import metadata
+from ..schema_check import SchemaDifference, SchemaReport, check_schema
+from ._common import database_errors, db_option, echo_json
+
+__all__ = ["db"]
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _missing_file(db_url: str | None) -> str | None:
+    """The display URL of a SQLite database whose file does not exist, else ``None``."""
+    url = resolve_database_url(db_url)
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or Path(database).exists():
+        return None
+    return display_url(url)
+
+
+@click.group()
+def db() -> None:
+    """Manage the history database: migrations, schema check and retention."""
+
+
+@db.command()
+@db_option
+@_json_option
+def upgrade(db: str | None, as_json: bool) -> None:
+    """Create or upgrade the history tables to the newest revision.
+
+    An existing workflow_history table written by the old system is upgraded in place: every
+    stored value is kept and each old row gets run_id legacy-<id>. A SQLite file is copied to
+    <file>.bak-<timestamp> first.
+    """
+    with database_errors(db):
+        engine = make_engine(db)
+        try:
+            result = migrations.upgrade(engine)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            engine.dispose()
+    if as_json:
+        echo_json(
+            {
+                "database": result.database,
+                "from_revision": result.from_revision,
+                "to_revision": result.to_revision,
+                "backup": str(result.backup) if result.backup else None,
+                "notes": list(result.notes),
+            }
+        )
+        return
+    if result.changed:
+        before = result.from_revision or "none"
+        click.echo(f"Upgraded {result.database} from {before} to {result.to_revision}.")
+    else:
+        click.echo(f"{result.database} is already at {result.to_revision}; nothing to do.")
+    if result.backup:
+        click.echo(f"Backup of the previous file: {result.backup}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
+@db.command()
+@db_option
+@_json_option
+def current(db: str | None, as_json: bool) -> None:
+    """Print the database's schema revision and the newest one."""
+    head = migrations.HEAD_REVISION
+    shown = _missing_file(db)
+    revision: str | None = None
+    if shown is None:
+        with database_errors(db):
+            engine = make_engine(db)
+            try:
+                revision = migrations.current_revision(engine)
+                shown = display_url(engine.url)
+            finally:
+                engine.dispose()
+    if as_json:
+        echo_json(
+            {"database": shown, "revision": revision, "head": head, "up_to_date": revision == head}
+        )
+        return
+    state = "up to date" if revision == head else f"run: flowtel db upgrade --db {shown}"
+    click.echo(f"{shown}: revision {revision or 'none'} (head {head}): {state}")
+
+
+def _absent(shown: str) -> SchemaReport:
+    missing = [SchemaDifference(name, "missing_table", name) for name in metadata.tables]
+    return SchemaReport(shown, None, migrations.HEAD_REVISION, tuple(missing))
+
+
+@db.command()
+@db_option
+@_json_option
+def check(db: str | None, as_json: bool) -> None:
+    """Compare the live tables with the expected schema; exit 1 if they differ.
+
+    Lists every missing, extra or mistyped column, NOT NULL where flowtel writes NULL, and
+    every missing index or unique constraint, in one report.
+    """
+    shown = _missing_file(db)
+    if shown is not None:
+        report = _absent(shown)
+    else:
+        with database_errors(db):
+            engine = make_engine(db)
+            try:
+                report = check_schema(engine)
+            finally:
+                engine.dispose()
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(report.format())
+        if not report.matches:
+            click.echo(f"Fix it with: flowtel db upgrade --db {report.database}")
+    if not report.matches:
+        raise SystemExit(1)
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any]  # generic only in newer click releases
+else:
+    _ParamType = click.ParamType
+
+
+class _Age(_ParamType):
+    name = "age"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return parse_age(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@db.command(name="prune")
+@db_option
+@click.option(
+    "--older-than", required=True, type=_Age(), help="Minimum age of a run: 90d, 12w, 36h."
+)
+@click.option("--status", help="Only runs with this status (completed, failed ...).")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@_json_option
+def prune_command(
+    db: str | None,
+    older_than: Any,
+    status: str | None,
+    batch_size: int,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Delete runs that started before now minus --older-than, with their steps.
+
+    Deletes in batches of --batch-size runs, one transaction each. Running and pending runs
+    are never deleted.
+    """
+    if status in ("running", "pending"):
+        raise click.BadParameter("running and pending runs are never pruned", param_hint="--status")
+    shown = _missing_file(db)
+    if shown is not None:
+        click.echo(f"Nothing to prune: there is no database at {shown}.")
+        return
+    with database_errors(db):
+        engine = make_engine(db)
+        try:
+            if not inspect(engine).has_table("workflow_history"):
+                click.echo(f"Nothing to prune: {display_url(engine.url)} has no history tables.")
+                return
+            result = prune(engine, older_than, status, batch_size, dry_run=dry_run)
+        finally:
+            engine.dispose()
+    if as_json:
+        echo_json(result.to_json())
+        return
+    verb = "Would delete" if result.dry_run else "Deleted"
+    which = f"{result.status} runs" if result.status else "runs"
+    cutoff = result.cutoff.strftime("%Y-%m-%d %H:%M:%S UTC")
+    click.echo(
+        f"{verb} {result.runs_deleted} {which} and {result.steps_deleted} steps "
+        f"that started before {cutoff}"
+        + ("." if result.dry_run else f" ({result.batches} batches).")
+    )

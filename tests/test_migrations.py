@@ -1,0 +1,262 @@
+"""``flowtel db upgrade``: fresh databases, and the old system's table upgraded in place.
+
+The central test builds the old ``workflow_history`` (and its ``servers`` table) with 1,000
+old-style rows on SQLite, PostgreSQL and MariaDB, runs ``flowtel db upgrade`` through the click
+group, and then proves that every old value is unchanged (raw bytes through a plain ``sqlite3``
+connection on SQLite), that ``flowtel db check`` finds no difference, that the foreign key
+still holds, and that runs recorded by flowtel's processor land beside the old ones and both
+are listed. Server databases are created per test and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import stat
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from opentelemetry.sdk.trace import TracerProvider
+
+from exporters import WorkflowHistorySpanProcessor, make_engine, migrations
+from exporters.cli.db import db
+from exporters.cli.history import runs, show
+from exporters.migrations.legacy import LEGACY_SERVICE_NAME
+from exporters.schema import create_schema
+from instrumentation import StepContext
+from tests.conftest import BACKENDS, SERVER_ENV, missing_service
+from tests.old_model import ported
+from tests.old_model.lab import Lab
+from tests.old_model.legacy_db import SERVERS, build_old_database, raw_old_values
+
+ROWS = 1000
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of a brand-new, empty database of its own on each backend."""
+    backend = request.param
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/history.db"
+        return
+    variable = SERVER_ENV[backend]
+    if not os.environ.get(variable):
+        missing_service(backend, f"set {variable}")
+    base = sa.make_url(os.environ[variable])
+    name = f"flowtel_mig_{os.getpid()}_{random.getrandbits(24):06x}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    except sa.exc.OperationalError as exc:
+        missing_service(backend, f"cannot connect ({type(exc).__name__}); start it")
+    yield base.set(database=name).render_as_string(hide_password=False)
+    force = " WITH (FORCE)" if backend == "postgresql" else ""
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+    admin.dispose()
+
+
+def invoke(*args: str) -> Any:
+    """Run ``flowtel db ...`` in-process."""
+    return CliRunner().invoke(db, list(args))
+
+
+def record_new_runs(url: str) -> list[str]:
+    """Run the ported provisioning workflow twice through flowtel's processor."""
+    engine = make_engine(url)
+    processor = WorkflowHistorySpanProcessor(engine)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    run_ids = []
+    try:
+        for lab in (Lab(), Lab(bios_mismatch=True)):
+            workflow = ported.ProvisionServerWorkflow(lab)
+            workflow.tracer_provider = provider
+            context = StepContext(
+                workflow_id=f"provision_{SERVERS[0]}", server_id=SERVERS[0], device_type="x"
+            )
+            run_ids.append(workflow.execute(context).run_id)
+        assert processor.force_flush(10_000), processor.stats
+    finally:
+        processor.shutdown(10_000)
+    return run_ids
+
+
+def test_head_revision_constant_matches_the_shipped_revisions() -> None:
+    assert migrations.script_directory().get_current_head() == migrations.HEAD_REVISION
+
+
+def test_upgrade_creates_the_schema_on_an_empty_database(empty_url: str) -> None:
+    result = invoke("upgrade", "--db", empty_url)
+    assert result.exit_code == 0, result.output
+    assert f"from none to {migrations.HEAD_REVISION}" in result.output
+    assert invoke("check", "--db", empty_url).exit_code == 0
+    current = invoke("current", "--db", empty_url, "--json")
+    assert json.loads(current.output)["up_to_date"] is True
+    again = invoke("upgrade", "--db", empty_url)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+
+def test_upgrade_adopts_tables_flowtel_created_before_migrations(empty_url: str) -> None:
+    engine = make_engine(empty_url)
+    create_schema(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO workflow_history (run_id, workflow_id, status, steps_completed, "
+            "total_steps, seq) VALUES ('r-1', 'w', 'completed', 1, 1, 3)"
+        )
+    result = migrations.upgrade(engine)
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT run_id, seq FROM workflow_history").all()
+    engine.dispose()
+    assert (result.from_revision, result.to_revision) == (None, migrations.HEAD_REVISION)
+    assert [tuple(r) for r in rows] == [("r-1", 3)]
+    assert invoke("check", "--db", empty_url).exit_code == 0
+
+
+def test_the_old_table_is_upgraded_in_place(empty_url: str) -> None:
+    rows = build_old_database(empty_url)
+    before = raw_old_values(empty_url)
+    assert len(before) == ROWS
+    result = invoke("upgrade", "--db", empty_url)
+    assert result.exit_code == 0, result.output
+    assert f"imported {ROWS} existing rows unchanged" in result.output
+    assert "kept foreign key workflow_history(server_id) -> servers(server_id)" in result.output
+    assert raw_old_values(empty_url) == before
+    check = invoke("check", "--db", empty_url)
+    assert check.exit_code == 0 and ": matches" in check.output, check.output
+
+    engine = make_engine(empty_url)
+    with engine.connect() as connection:
+        imported = connection.exec_driver_sql(
+            "SELECT id, run_id, service_name, workflow_name, seq FROM workflow_history ORDER BY id"
+        ).all()
+    for (row_id, run_id, service, workflow_name, seq), row in zip(imported, rows, strict=True):
+        assert (run_id, service, seq) == (f"legacy-{row_id}", LEGACY_SERVICE_NAME, 0)
+        try:
+            expected = json.loads(row["metadata"] or "null")
+        except ValueError:
+            expected = None
+        name = expected.get("workflow_name") if isinstance(expected, dict) else None
+        assert workflow_name == name
+
+    new_run_ids = record_new_runs(empty_url)
+    assert raw_old_values(empty_url)[:ROWS] == before  # the new rows come after
+    listed = CliRunner().invoke(runs, ["--db", empty_url, "--json", "--limit", "5000"])
+    assert listed.exit_code == 0, listed.output
+    listed_ids = {run["run_id"] for run in json.loads(listed.output)}
+    assert {f"legacy-{r[0]}" for r in imported} | set(new_run_ids) == listed_ids
+    readable = next(i for i, row in enumerate(rows, 1) if (row["metadata"] or "").startswith("{"))
+    detail = CliRunner().invoke(show, [f"legacy-{readable}", "--db", empty_url, "--json"])
+    assert detail.exit_code == 0, detail.output
+    assert json.loads(detail.output)["service_name"] == LEGACY_SERVICE_NAME
+
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO workflow_history (run_id, workflow_id, server_id, status, "
+            "steps_completed, total_steps, seq) VALUES ('x', 'w', 'no-such-server', 'running', "
+            "0, 0, 1)"
+        )
+    engine.dispose()
+
+
+def test_sqlite_upgrade_backs_up_first_and_keeps_the_counter(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    build_old_database(url)
+    with closing(sqlite3.connect(tmp_path / "old.db")) as connection:
+        connection.execute("DELETE FROM workflow_history WHERE id > 990")
+        connection.commit()
+    before = raw_old_values(url)
+    result = invoke("upgrade", "--db", url)
+    assert result.exit_code == 0, result.output
+    (backup,) = tmp_path.glob("old.db.bak-*")
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert f"Backup of the previous file: {backup}" in result.output
+    assert raw_old_values(f"sqlite:///{backup}") == before
+    with closing(sqlite3.connect(tmp_path / "old.db")) as connection:
+        counter = connection.execute("SELECT seq FROM sqlite_sequence").fetchall()
+        fks = connection.execute("PRAGMA foreign_key_list(workflow_history)").fetchall()
+        orphans = connection.execute("PRAGMA foreign_key_check(workflow_history)").fetchall()
+    assert counter == [(ROWS,)]  # ids of deleted rows are never reused
+    assert [(fk[2], fk[3], fk[4]) for fk in fks] == [("servers", "server_id", "server_id")]
+    assert orphans and "name a server missing from the referred table" in result.output
+    assert invoke("upgrade", "--db", url).exit_code == 0
+    assert len(list(tmp_path.glob("old.db.bak-*"))) == 1  # nothing to do: no second copy
+
+
+def test_a_foreign_table_of_the_same_name_is_refused_unchanged(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/other.db"
+    with closing(sqlite3.connect(tmp_path / "other.db")) as connection:
+        connection.execute("CREATE TABLE workflow_history (name TEXT, value TEXT)")
+        connection.execute("INSERT INTO workflow_history VALUES ('a', 'b')")
+        connection.commit()
+    result = invoke("upgrade", "--db", url)
+    assert result.exit_code == 1
+    assert "neither flowtel's nor the old workflow history table" in result.output
+    with closing(sqlite3.connect(tmp_path / "other.db")) as connection:
+        columns = [c[1] for c in connection.execute("PRAGMA table_info(workflow_history)")]
+        tables = {t for (t,) in connection.execute("SELECT name FROM sqlite_master")}
+    assert columns == ["name", "value"] and "workflow_step_history" not in tables
+
+
+@pytest.mark.parametrize("empty_url", ["postgresql"], indirect=True)
+def test_postgresql_metadata_that_is_not_json_stops_the_upgrade_atomically(
+    empty_url: str,
+) -> None:
+    build_old_database(empty_url)
+    engine = sa.create_engine(empty_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE workflow_history SET metadata = '{oops' WHERE id = 7")
+    result = invoke("upgrade", "--db", empty_url)
+    assert result.exit_code == 1 and "(id 7)" in result.output, result.output
+    with engine.connect() as connection:
+        columns = {c["name"] for c in sa.inspect(connection).get_columns("workflow_history")}
+    engine.dispose()
+    assert "run_id" not in columns  # rolled back: nothing was half-done
+
+
+@pytest.mark.parametrize("empty_url", ["mysql"], indirect=True)
+def test_mariadb_on_update_timestamps_do_not_move_during_the_backfill(empty_url: str) -> None:
+    build_old_database(empty_url, count=50)
+    engine = sa.create_engine(empty_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "ALTER TABLE workflow_history MODIFY started_at TIMESTAMP NULL "
+            "DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP"
+        )
+    engine.dispose()
+    before = raw_old_values(empty_url)
+    assert invoke("upgrade", "--db", empty_url).exit_code == 0
+    assert raw_old_values(empty_url) == before
+
+
+@pytest.mark.xfail(strict=True, reason="make_engine needs a lenient json_deserializer")
+def test_imported_rows_whose_metadata_is_not_json_can_be_shown(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    rows = build_old_database(url)
+    assert invoke("upgrade", "--db", url).exit_code == 0
+    broken = next(i for i, row in enumerate(rows, 1) if row["metadata"] == "{not json")
+    detail = CliRunner().invoke(show, [f"legacy-{broken}", "--db", url, "--json"])
+    assert detail.exit_code == 0, detail.output
+
+
+@pytest.mark.xfail(strict=True, reason="the reaper marks imported 'running' rows abandoned")
+def test_the_reaper_leaves_imported_rows_alone(tmp_path: Path) -> None:
+    from exporters.reaper import reap
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    build_old_database(url, broken_json=False)
+    assert invoke("upgrade", "--db", url).exit_code == 0
+    before = raw_old_values(url)
+    engine = make_engine(url)
+    reap(engine, 3600)
+    engine.dispose()
+    assert raw_old_values(url) == before
