@@ -1,0 +1,238 @@
+"""Workflow metrics, counted from every run whether or not its trace is sampled.
+
+:class:`WorkflowMetricsSpanProcessor` sits on the tracer provider beside the history processor,
+so it sees the ``RECORD_ONLY`` spans that sampling keeps out of the collector too. It records
+run and step durations in seconds (explicit buckets from 5 ms to 2 h), counts finished runs by
+workflow and status, and keeps an up-down count of active runs; attributes are low-cardinality
+(workflow name, step name, status), never run ids. :func:`observe_writer` adds the history
+writer's health (queue depth, batches and rows written, errors, and whatever other counters the
+processor's ``stats`` reports) as observable instruments, read at each export.
+:func:`make_meter_provider` builds the provider that exports them over OTLP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+
+from instrumentation import __version__
+from instrumentation import attributes as attr
+
+from .otlp import OTLPSettings
+
+__all__ = [
+    "ACTIVE_RUNS",
+    "DURATION_BUCKETS",
+    "RUNS",
+    "RUN_DURATION",
+    "STEP_DURATION",
+    "WRITER_PREFIX",
+    "WorkflowMetricsSpanProcessor",
+    "install_metrics",
+    "make_meter_provider",
+    "observe_writer",
+]
+
+logger = logging.getLogger("flowtel.metrics")
+
+RUN_DURATION = "workflow.run.duration"
+STEP_DURATION = "workflow.step.duration"
+RUNS = "workflow.runs"
+ACTIVE_RUNS = "workflow.runs.active"
+WRITER_PREFIX = "flowtel.writer."
+"""Writer-health instruments are named ``flowtel.writer.<stats key>``."""
+
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+)  # fmt: skip
+"""Histogram bucket bounds in seconds: a fast step to a two-hour provisioning run."""
+
+_GAUGES = {"queue_depth": "{event}", "active_runs": "{run}"}  # key -> unit (not "1": "_ratio")
+_UNKNOWN = "unknown"
+
+
+class WorkflowMetricsSpanProcessor(SpanProcessor):
+    """Turns workflow and step spans into duration histograms and run counters.
+
+    Runs on the application's thread like every span processor: a dictionary lookup and one
+    or two in-memory aggregations per span, and no exception ever escapes.
+
+    Args:
+        meter_provider: where the instruments live (default: the global meter provider).
+    """
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        meter = provider.get_meter(attr.INSTRUMENTATION_NAME, __version__)
+        buckets = list(DURATION_BUCKETS)
+        self._run_duration = meter.create_histogram(
+            RUN_DURATION,
+            unit="s",
+            description="Duration of finished workflow runs",
+            explicit_bucket_boundaries_advisory=buckets,
+        )
+        self._step_duration = meter.create_histogram(
+            STEP_DURATION,
+            unit="s",
+            description="Duration of finished step attempts",
+            explicit_bucket_boundaries_advisory=buckets,
+        )
+        self._runs = meter.create_counter(
+            RUNS, unit="{run}", description="Finished workflow runs by workflow and status"
+        )
+        self._active = meter.create_up_down_counter(
+            ACTIVE_RUNS, unit="{run}", description="Workflow runs started and not yet finished"
+        )
+        self._names: dict[str, str] = {}  # run id -> workflow name, while the run is active
+        self.errors = 0
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Count a started run as active (steps are measured when they end)."""
+        try:
+            attributes = span.attributes or {}
+            run_id = attributes.get(attr.RUN_ID)
+            if run_id is None or attr.STEP_NAME in attributes:
+                return
+            name = str(attributes.get(attr.RUN_NAME) or span.name)
+            self._names[str(run_id)] = name
+            self._active.add(1, {attr.RUN_NAME: name})
+        except Exception:
+            self._failed()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Record the duration of a run or step and count a finished run by status."""
+        try:
+            attributes = span.attributes or {}
+            run_id = attributes.get(attr.RUN_ID)
+            if run_id is None or span.start_time is None or span.end_time is None:
+                return
+            seconds = max(span.end_time - span.start_time, 0) / 1e9
+            step = attributes.get(attr.STEP_NAME)
+            if step is not None:
+                self._step_duration.record(
+                    seconds,
+                    {
+                        attr.RUN_NAME: self._names.get(str(run_id), _UNKNOWN),
+                        attr.STEP_NAME: str(step),
+                        attr.STEP_STATUS: str(attributes.get(attr.STEP_STATUS, _UNKNOWN)),
+                    },
+                )
+                return
+            name = str(attributes.get(attr.RUN_NAME) or span.name)
+            if self._names.pop(str(run_id), None) is not None:
+                self._active.add(-1, {attr.RUN_NAME: name})
+            labels = {
+                attr.RUN_NAME: name,
+                attr.RUN_STATUS: str(attributes.get(attr.RUN_STATUS, _UNKNOWN)),
+            }
+            self._runs.add(1, labels)
+            self._run_duration.record(seconds, labels)
+        except Exception:
+            self._failed()
+
+    def _failed(self) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            logger.exception("flowtel's metrics processor failed; the workflow is unaffected")
+
+    def shutdown(self) -> None:
+        """Nothing to release: the meter provider owns the instruments."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Nothing is buffered here."""
+        return True
+
+
+def _observer(
+    stats: Callable[[], Mapping[str, Any]], key: str
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        value = stats().get(key)
+        return [Observation(value)] if isinstance(value, int) else []
+
+    return observe
+
+
+def observe_writer(meter: Meter, stats: Callable[[], Mapping[str, Any]]) -> list[str]:
+    """Register one observable instrument per integer counter in *stats*.
+
+    ``queue_depth`` and ``active_runs`` become gauges; every other integer (batches and rows
+    written, write errors, retries, drops, rows spooled ...) a monotonic counter, so counters
+    the processor gains later are exported without a change here.
+
+    Args:
+        meter: the meter to create the instruments on.
+        stats: returns the processor's health counters (``WorkflowHistorySpanProcessor.stats``).
+
+    Returns:
+        The names of the instruments created.
+    """
+    names = []
+    for key, value in stats().items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        name = WRITER_PREFIX + key
+        callbacks = [_observer(stats, key)]
+        description = f"flowtel history writer: {key.replace('_', ' ')}"
+        if key in _GAUGES:
+            meter.create_observable_gauge(
+                name, callbacks, unit=_GAUGES[key], description=description
+            )
+        else:
+            meter.create_observable_counter(name, callbacks, unit="1", description=description)
+        names.append(name)
+    return names
+
+
+def make_meter_provider(
+    resource: Resource, settings: OTLPSettings, export_interval_millis: float | None = None
+) -> MeterProvider:
+    """A meter provider exporting over OTLP every *export_interval_millis*.
+
+    The interval defaults to ``OTEL_METRIC_EXPORT_INTERVAL`` (the SDK's default: 60 s). The
+    provider does not register its own exit hook: ``Flowtel.shutdown`` bounds its shutdown.
+    """
+    reader = PeriodicExportingMetricReader(
+        settings.metric_exporter(), export_interval_millis=export_interval_millis
+    )
+    return MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+
+
+def install_metrics(
+    tracer_provider: TracerProvider,
+    meter_provider: metrics.MeterProvider | None,
+    stats: Callable[[], Mapping[str, Any]],
+    resource: Resource,
+    settings: OTLPSettings,
+    export: bool,
+    export_interval_millis: float | None = None,
+) -> tuple[WorkflowMetricsSpanProcessor, MeterProvider | None]:
+    """Add the metrics processor to *tracer_provider* and observe the writer's *stats*.
+
+    Without a *meter_provider*, one exporting over OTLP is created and installed globally when
+    *export* is on and no SDK provider is installed yet; otherwise the global one is used.
+
+    Returns:
+        The processor, and the meter provider created here (``None`` if none was).
+    """
+    created = None
+    if meter_provider is None:
+        current = metrics.get_meter_provider()
+        if export and not isinstance(current, MeterProvider):
+            created = make_meter_provider(resource, settings, export_interval_millis)
+            metrics.set_meter_provider(created)
+        meter_provider = created or metrics.get_meter_provider()
+    processor = WorkflowMetricsSpanProcessor(meter_provider)
+    tracer_provider.add_span_processor(processor)
+    observe_writer(meter_provider.get_meter(attr.INSTRUMENTATION_NAME, __version__), stats)
+    return processor, created
