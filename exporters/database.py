@@ -2,19 +2,25 @@
 
 The URL comes from the caller, else ``FLOWTEL_DATABASE_URL``, else the SQLite file
 ``flowtel.db`` in the working directory. SQLite runs in WAL mode with a busy timeout, so
-readers never block the writer and several writer processes wait instead of failing; the file
-is created private to the user (0600). URLs are only ever shown with the password masked.
+readers never block the writer and several writer processes wait instead of failing. A
+database file flowtel creates is private to the user (0600, whatever the umask; SQLite gives its
+``-wal`` and ``-shm`` files the same mode) and so is every directory it creates for it (0700).
+JSON columns are written by :func:`exporters.sanitize.dumps_json` (safe for every backend and
+bounded). URLs are only ever shown with the password masked, also in the errors raised here.
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from .sanitize import dumps_json
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -28,6 +34,7 @@ DEFAULT_DATABASE_URL = "sqlite:///flowtel.db"
 """Used when neither an argument nor ``FLOWTEL_DATABASE_URL`` names a database."""
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+_JSON_BACKENDS = frozenset({"sqlite", "postgresql", "mysql", "mariadb"})
 
 
 class DatabaseURLError(ValueError):
@@ -39,7 +46,7 @@ def resolve_database_url(database_url: str | URL | None = None) -> URL:
     raw = database_url or os.environ.get("FLOWTEL_DATABASE_URL") or DEFAULT_DATABASE_URL
     try:
         return make_url(raw)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError):
         shown = raw if isinstance(raw, URL) else "<unparseable URL>"
         raise DatabaseURLError(
             f"cannot parse database URL {shown!s}: expected e.g. sqlite:///flowtel.db, "
@@ -51,19 +58,40 @@ def display_url(url: str | URL) -> str:
     """Return *url* as text with its password masked (safe for logs and errors)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable URL>"
 
 
+def _private_directories(directory: Path) -> None:
+    """Create *directory* and its missing parents 0700; existing ones are left as they are."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: not ours to change
+        os.chmod(path, 0o700)  # the umask may have removed bits; never added any
+
+
 def _prepare_sqlite_file(url: URL) -> None:
+    """Create the SQLite file 0600 (and its directories 0700) unless it exists."""
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     path = Path(database)
-    if path.parent != Path(""):
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    _private_directories(path.parent)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return  # the user's file: its mode is theirs
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)
+    finally:
         os.close(fd)
 
 
@@ -87,6 +115,9 @@ def make_engine(database_url: str | URL | None = None, **engine_options: Any) ->
     """
     url = resolve_database_url(database_url)
     options: dict[str, Any] = {"pool_pre_ping": True}
+    if url.get_backend_name() in _JSON_BACKENDS:
+        mysql = url.get_backend_name() in ("mysql", "mariadb")
+        options["json_serializer"] = partial(dumps_json, max_depth=31) if mysql else dumps_json
     if url.get_backend_name() == "sqlite":
         _prepare_sqlite_file(url)
         options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
@@ -94,6 +125,11 @@ def make_engine(database_url: str | URL | None = None, **engine_options: Any) ->
     options.update(engine_options)
     try:
         engine = create_engine(url, **options)
+    except NoSuchModuleError:
+        raise DatabaseURLError(
+            f"unknown database dialect or driver in {display_url(url)}: expected e.g. "
+            "sqlite:///flowtel.db, postgresql+psycopg://... or mysql+pymysql://..."
+        ) from None
     except ModuleNotFoundError as exc:
         extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(
             url.get_backend_name(), ""

@@ -25,6 +25,8 @@ from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from instrumentation import attributes as attr
+from instrumentation.clean import clean_text
+from instrumentation.limits import get_limits
 from instrumentation.redaction import get_redactor
 from instrumentation.runs import current_run
 
@@ -43,7 +45,6 @@ __all__ = [
 ID_KEYS = ("trace_id", "span_id", "run_id", "workflow_id", "step")
 """The keys added to every structlog event and set on every stdlib record."""
 LOG_FORMATS = ("json", "console")
-MAX_MESSAGE = 4_000
 
 _SEVERITY = {
     "warn": "warning",
@@ -90,7 +91,7 @@ def add_log_event(severity: str, message: str, logger_name: str | None = None) -
     try:
         attributes = {
             attr.LOG_SEVERITY: severity,
-            attr.LOG_MESSAGE: str(get_redactor().redact(message))[:MAX_MESSAGE],
+            attr.LOG_MESSAGE: clean_text(message, get_limits().log_line_bytes),
         }
         if logger_name:
             attributes[attr.LOG_LOGGER] = logger_name

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import OperationalError
 
 from .database import display_url, make_engine, resolve_database_url
+from .ids import PrivateRandomIdGenerator
 from .logs import configure_logging
 from .metrics import WorkflowMetricsSpanProcessor, install_metrics
 from .otlp import (
@@ -41,6 +42,7 @@ from .otlp import (
 )
 from .processor import WorkflowHistorySpanProcessor
 from .sampling import AuditSampler, sampler_from_env
+from .sanitize import span_limits
 from .schema_check import SchemaMismatchError, prepare_schema
 
 __all__ = ["Flowtel", "configure"]
@@ -273,6 +275,8 @@ def _global_provider(resource: Resource, sampler: Sampler | None) -> TracerProvi
     provider = TracerProvider(
         resource=resource,
         sampler=AuditSampler(sampler or sampler_from_env()),
+        span_limits=span_limits(),
+        id_generator=PrivateRandomIdGenerator(),
         shutdown_on_exit=False,
     )
     trace.set_tracer_provider(provider)

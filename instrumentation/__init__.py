@@ -20,7 +20,15 @@ from .engine import (
     Workflow,
     WorkflowResult,
 )
-from .redaction import REDACTED, Redactor, get_redactor, redact, set_redactor
+from .limits import Limits, get_limits, set_limits
+from .redaction import (
+    REDACTED,
+    Redactor,
+    get_redactor,
+    redact,
+    redaction_processor,
+    set_redactor,
+)
 from .runs import RunScope, WorkflowRun, current_run, workflow_run
 from .steps import StepRun, StepScope
 
@@ -28,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "REDACTED",
+    "Limits",
     "Redactor",
     "ResultStatus",
     "RunScope",
@@ -44,8 +53,11 @@ __all__ = [
     "WorkflowRun",
     "__version__",
     "current_run",
+    "get_limits",
     "get_redactor",
     "redact",
+    "redaction_processor",
+    "set_limits",
     "set_redactor",
     "step",
     "workflow",

@@ -11,7 +11,6 @@ or a ``Sleep``; the runner sends back the call's value or throws its exception i
 from __future__ import annotations
 
 import contextlib
-import traceback
 from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,10 +18,9 @@ from typing import Any, Protocol
 from opentelemetry import trace
 
 from ._runner import AsyncInSyncRun, Call, Driver, Request, Sleep
-from ._spans import error_description
+from ._spans import error_description, exception_attributes
 from ._step import Step
 from .attributes import RunStatus
-from .redaction import mask_url_credentials
 from .results import ResultStatus, StepContext, StepResult, WorkflowResult
 from .runs import WorkflowRun, workflow_run
 
@@ -271,19 +269,7 @@ def _sync_run_context(
     return current
 
 
-def _qualified_name(cls: type) -> str:
-    name, module = cls.__qualname__, cls.__module__
-    return name if module in ("builtins", "__main__") else f"{module}.{name}"
-
-
 def _record_cleanup_error(run: WorkflowRun, exc: Exception) -> None:
-    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    attributes = {k: v for k, v in exception_attributes(exc).items() if k != "exception.escaped"}
     with contextlib.suppress(Exception):  # a broken SDK must not change the outcome
-        run.span.add_event(
-            CLEANUP_ERROR_EVENT,
-            {
-                "exception.type": _qualified_name(type(exc)),
-                "exception.message": mask_url_credentials(str(exc)),
-                "exception.stacktrace": mask_url_credentials(stack),
-            },
-        )
+        run.span.add_event(CLEANUP_ERROR_EVENT, attributes)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import traceback
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any
 
 from opentelemetry import trace
@@ -20,12 +20,14 @@ from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from . import attributes as attr
-from .redaction import get_redactor, mask_url_credentials
+from .clean import clean_error_type, clean_json, clean_message, clean_stacktrace
+from .limits import get_limits
 
 __all__ = [
     "CANCELLING",
     "context_attributes",
     "error_description",
+    "exception_attributes",
     "get_tracer",
     "is_cancellation",
     "record_error",
@@ -61,18 +63,8 @@ def is_cancellation(exc: BaseException) -> bool:
 
 
 def to_json_safe(value: Any) -> Any:
-    """Return *value* as plain JSON data: unknown objects become their ``repr``."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): to_json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_json_safe(v) for v in value]
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    return repr(value)
+    """Return *value* as redacted plain JSON data within the context limit (``clean_json``)."""
+    return clean_json(value, get_limits().context_bytes)[0]
 
 
 def _attribute_value(value: Any) -> AttributeValue:
@@ -84,37 +76,45 @@ def _attribute_value(value: Any) -> AttributeValue:
 def context_attributes(context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Redact *context* and return ``(clean_context, span_attributes)``.
 
-    ``clean_context`` is JSON-safe and redacted; the attributes hold one
-    ``workflow.context.<key>`` entry per key (nested values JSON-encoded) plus the whole
-    context as JSON under ``workflow.context_json``.
+    ``clean_context`` is JSON-safe, redacted and within ``Limits.context_bytes``; the
+    attributes hold one ``workflow.context.<key>`` entry for each of the first
+    ``Limits.context_attributes`` keys (nested values JSON-encoded) plus the whole context as
+    JSON under ``workflow.context_json``.
     """
-    clean = get_redactor().redact(to_json_safe(context))
+    limits = get_limits()
+    clean, text = clean_json(context, limits.context_bytes)
     attrs: dict[str, Any] = {
-        attr.CONTEXT_PREFIX + key: _attribute_value(value) for key, value in clean.items()
+        attr.CONTEXT_PREFIX + key: _attribute_value(value)
+        for key, value in islice(clean.items(), limits.context_attributes)
     }
-    attrs[attr.RUN_CONTEXT_JSON] = json.dumps(clean, ensure_ascii=False, sort_keys=True)
+    attrs[attr.RUN_CONTEXT_JSON] = text
     return clean, attrs
+
+
+def exception_attributes(exc: BaseException) -> dict[str, AttributeValue]:
+    """The ``exception.*`` event attributes of *exc*: redacted, bounded, never raising."""
+    try:
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # a hostile __str__ or a broken frame: keep what is known
+        stack = f"{_qualified_name(type(exc))}: <traceback unavailable>"
+    return {
+        "exception.type": clean_error_type(_qualified_name(type(exc))),
+        "exception.message": clean_message(_message(exc)),
+        "exception.stacktrace": clean_stacktrace(stack),
+        "exception.escaped": True,
+    }
 
 
 def record_error(span: Span, exc: BaseException, description: str) -> None:
     """Record *exc* on *span* with ERROR status and ``error.type`` (never raises).
 
     The exception event is written here rather than by ``Span.record_exception`` so that its
-    message and stack trace pass through URL-credential masking first.
+    message, stack trace and the status description are redacted and bounded first.
     """
     try:
-        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        span.add_event(
-            "exception",
-            {
-                "exception.type": _qualified_name(type(exc)),
-                "exception.message": mask_url_credentials(str(exc)),
-                "exception.stacktrace": mask_url_credentials(stack),
-                "exception.escaped": True,
-            },
-        )
-        span.set_attribute(attr.ERROR_TYPE, _qualified_name(type(exc)))
-        span.set_status(Status(StatusCode.ERROR, mask_url_credentials(description)))
+        span.add_event("exception", exception_attributes(exc))
+        span.set_attribute(attr.ERROR_TYPE, clean_error_type(_qualified_name(type(exc))))
+        span.set_status(Status(StatusCode.ERROR, clean_message(description)))
     except Exception:  # pragma: no cover - a broken SDK must not change the user's outcome
         pass
 
@@ -126,8 +126,16 @@ def _qualified_name(cls: type) -> str:
     )
 
 
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<unprintable message>"
+
+
 def error_description(exc: BaseException) -> str:
-    """``TypeName: message`` for *exc* (the message only when it has one), URLs masked."""
-    text = mask_url_credentials(str(exc))
+    """``TypeName: message`` for *exc* (the message only when it has one), redacted and
+    bounded by ``Limits.message_bytes``."""
+    text = _message(exc)
     name = type(exc).__qualname__
-    return f"{name}: {text}" if text else name
+    return clean_message(f"{name}: {text}" if text else name)

@@ -1,43 +1,109 @@
-"""Argument checks for names and ids, with messages that say what to pass instead.
+"""Argument checks for names, ids and numbers, with messages that say what to pass instead.
 
-Names become span names and indexed columns, so they must be non-empty strings of at most
-255 characters without control characters; a bad one is rejected at the call, before any span
-exists, rather than stored half-broken.
+Names and ids become span names, attributes and indexed columns, so they must be non-empty
+strings (names and workflow ids of at most 255 characters, run ids of at most 64: the widths
+of their columns) without control characters, line separators, bidirectional overrides or
+lone surrogates; step positions and counts must fit a 32-bit column. A bad value is rejected
+at the call with ``TypeError``/``ValueError``, before any span exists, rather than stored
+half-broken; a message shows at most a short, redacted excerpt of the value. Names are
+low-cardinality, so each distinct valid one is checked once and then found in a set.
 """
 
 from __future__ import annotations
 
 import re
+import reprlib
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MAX_NAME_LENGTH", "check_name", "check_optional_text", "check_total_steps"]
+from .redaction import redact_text
+
+__all__ = [
+    "MAX_INT32",
+    "MAX_NAME_LENGTH",
+    "MAX_RUN_ID_LENGTH",
+    "check_name",
+    "check_names",
+    "check_optional_text",
+    "check_position",
+    "check_run_id",
+    "check_step_position",
+    "check_total_steps",
+]
 
 MAX_NAME_LENGTH = 255
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""Longest name or workflow id (their columns are ``VARCHAR(255)``)."""
+MAX_RUN_ID_LENGTH = 64
+"""Longest run id (its columns are ``VARCHAR(64)``)."""
+MAX_INT32 = 2**31 - 1
+"""Largest step index, attempt or step count (their columns are 32-bit integers)."""
 
-
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _known_good: set[str] = set()
 _KNOWN_GOOD_LIMIT = 10_000
 
 
-def check_name(value: Any, what: str) -> str:
-    """Return *value* if it is a usable name or id, else raise ``TypeError``/``ValueError``."""
-    if type(value) is str and value in _known_good:  # low-cardinality: each checked once
+def _shown(value: Any) -> str:
+    """A short, redacted excerpt of *value* for an error message."""
+    return redact_text(reprlib.repr(value))
+
+
+def check_name(
+    value: Any, what: str, *, max_length: int = MAX_NAME_LENGTH, remember: bool = True
+) -> str:
+    """Return *value* if it is a usable name or id, else raise.
+
+    Args:
+        value: the name to check.
+        what: how the message names the argument, e.g. ``"step name"``.
+        max_length: the most characters allowed.
+        remember: cache the value as known good (for low-cardinality names, not unique ids).
+
+    Raises:
+        TypeError: *value* is not a string.
+        ValueError: *value* is blank, too long or holds a forbidden character.
+    """
+    if type(value) is str and value in _known_good and len(value) <= max_length:
         return value
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string, not {type(value).__name__}: {value!r}")
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}: {_shown(value)}")
     if not value.strip():
         raise ValueError(f"{what} must not be empty; pass a short identifier such as 'provision'")
-    if len(value) > MAX_NAME_LENGTH:
+    if len(value) > max_length:
         raise ValueError(
-            f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH} "
+            f"{what} is {len(value)} characters long; the limit is {max_length} "
             "(put long details in the context or description instead)"
         )
-    if _CONTROL.search(value):
-        raise ValueError(f"{what} must not contain control characters: {value!r}")
-    if len(_known_good) < _KNOWN_GOOD_LIMIT:
+    if _FORBIDDEN.search(value):
+        raise ValueError(
+            f"{what} must not contain control characters, line separators, bidirectional "
+            f"overrides or lone surrogates: {_shown(value)}; use printable text"
+        )
+    if remember and len(_known_good) < _KNOWN_GOOD_LIMIT:
         _known_good.add(value)
     return value
+
+
+def check_run_id(value: Any) -> str:
+    """Return *value* if it is a usable run id (a name of at most 64 characters), else raise.
+
+    Raises:
+        TypeError: *value* is not a string.
+        ValueError: *value* is blank, too long or holds a forbidden character.
+    """
+    return check_name(value, "run_id", max_length=MAX_RUN_ID_LENGTH, remember=False)
+
+
+def check_names(values: Any, what: str) -> tuple[str, ...]:
+    """Return *values* (a list or tuple of names) as a tuple after checking each one.
+
+    Raises:
+        TypeError: *values* is a string or not iterable, or an item is not a string.
+        ValueError: an item is not a usable name.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be a list of names, not {type(values).__name__}")
+    return tuple(check_name(v, f"{what}[{i}]") for i, v in enumerate(values))
 
 
 def check_optional_text(value: Any, what: str) -> None:
@@ -46,11 +112,41 @@ def check_optional_text(value: Any, what: str) -> None:
         raise TypeError(f"{what} must be a string or None, not {type(value).__name__}")
 
 
-def check_total_steps(value: Any) -> None:
-    """Raise unless *value* is ``None`` or a non-negative ``int``."""
-    if value is None:
-        return
+def _check_int(value: Any, what: str, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"total_steps must be an int or None, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"total_steps must be zero or more, not {value}")
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}: {_shown(value)}")
+    if not minimum <= value <= MAX_INT32:
+        raise ValueError(f"{what} must be between {minimum} and {MAX_INT32}, not {value}")
+
+
+def check_position(value: Any, what: str) -> None:
+    """Raise unless *value* is ``None`` or a 1-based step index or attempt number.
+
+    Raises:
+        TypeError: *value* is not an ``int``.
+        ValueError: *value* is below 1 or does not fit 32 bits.
+    """
+    if value is not None:
+        _check_int(value, what, 1)
+
+
+def check_step_position(index: Any, attempt: Any) -> None:
+    """Raise unless *index* and *attempt* are each ``None`` or a valid position (one cheap
+    test for the usual case; see :func:`check_position`)."""
+    if (index is None or (type(index) is int and 0 < index <= MAX_INT32)) and (
+        attempt is None or (type(attempt) is int and 0 < attempt <= MAX_INT32)
+    ):
+        return
+    check_position(index, "index")
+    check_position(attempt, "attempt")
+
+
+def check_total_steps(value: Any) -> None:
+    """Raise unless *value* is ``None`` or a step count that fits 32 bits.
+
+    Raises:
+        TypeError: *value* is not an ``int``.
+        ValueError: *value* is negative or too large.
+    """
+    if value is not None:
+        _check_int(value, "total_steps", 0)

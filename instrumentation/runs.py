@@ -18,16 +18,26 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import attributes as attr
 from ._ids import new_run_id
 from ._spans import context_attributes, error_description, get_tracer, is_cancellation, record_error
-from ._validation import check_name, check_optional_text, check_total_steps
+from ._validation import (
+    check_name,
+    check_names,
+    check_optional_text,
+    check_run_id,
+    check_step_position,
+    check_total_steps,
+)
 from .attributes import RunStatus, StepStatus
+from .clean import clean_error_type, clean_message
 from .steps import StepRun, StepScope
 
 __all__ = ["RunScope", "WorkflowRun", "current_run", "workflow_run"]
 
+_TP_SHAPE = "00-<32 hex trace id>-<16 hex span id>-<2 hex flags> (WorkflowRun.traceparent)"
 _current_run: contextvars.ContextVar[WorkflowRun | None] = contextvars.ContextVar(
     "flowtel_current_run", default=None
 )
@@ -99,6 +109,7 @@ class WorkflowRun:
         """
         check_name(name, "step name")
         check_optional_text(description, "description")
+        check_step_position(index, attempt)
         if index is None or attempt is None:
             auto_index, auto_attempt = self._position(name)
             index = auto_index if index is None else index
@@ -123,7 +134,7 @@ class WorkflowRun:
 
     def fail(self, message: str, *, error_type: str | None = None) -> None:
         """Mark the run ``failed`` without raising (e.g. a step result said stop)."""
-        self._failure = (message, error_type)
+        self._failure = (clean_message(message), error_type and clean_error_type(error_type))
 
     def _step_finished(self, step: StepRun) -> None:
         if step.status in (StepStatus.COMPLETED, StepStatus.SKIPPED):
@@ -167,10 +178,11 @@ class RunScope:
         description: str | None,
         declared_steps: tuple[str, ...] | None,
         tracer_provider: trace.TracerProvider | None,
+        traceparent: str | None = None,
     ) -> None:
         check_name(name, "workflow name")
         self._workflow_id = check_name(workflow_id, "workflow_id") if workflow_id else name
-        self._run_id = check_name(run_id, "run_id") if run_id else new_run_id()
+        self._run_id = check_run_id(run_id) if run_id else new_run_id()
         if context is not None and not isinstance(context, Mapping):
             raise TypeError(f"context must be a mapping, not {type(context).__name__}")
         check_total_steps(total_steps)
@@ -181,6 +193,7 @@ class RunScope:
         self._description = description
         self._declared_steps = declared_steps
         self._tracer_provider = tracer_provider
+        self._parent = _remote_parent(traceparent) if traceparent is not None else None
         self._run: WorkflowRun | None = None
         self._tokens: tuple[object, contextvars.Token[WorkflowRun | None]] | None = None
 
@@ -191,7 +204,7 @@ class RunScope:
         attributes[attr.RUN_WORKFLOW_ID] = self._workflow_id
         attributes[attr.RUN_NAME] = self._name
         if self._description is not None:
-            attributes[attr.RUN_DESCRIPTION] = self._description
+            attributes[attr.RUN_DESCRIPTION] = clean_message(self._description)
         if self._total_steps is not None:
             attributes[attr.RUN_TOTAL_STEPS] = self._total_steps
         if self._declared_steps:
@@ -201,6 +214,7 @@ class RunScope:
             attributes[attr.RUN_PARENT_RUN_ID] = parent.run_id
         span = tracer.start_span(
             self._name,
+            context=self._parent,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
@@ -250,6 +264,7 @@ def workflow_run(
     description: str | None = None,
     declared_steps: tuple[str, ...] | list[str] | None = None,
     tracer_provider: trace.TracerProvider | None = None,
+    traceparent: str | None = None,
 ) -> RunScope:
     """Open a workflow run: ``with workflow_run("provision_server", ...) as run:``.
 
@@ -265,6 +280,8 @@ def workflow_run(
         description: what the workflow does.
         declared_steps: the names of the steps in order, when known up front.
         tracer_provider: the provider to use (default: the global one).
+        traceparent: the ``run.traceparent`` of a run to resume in this process: its trace
+            continues (and, given its *run_id* too, its history row).
 
     Raises:
         ValueError: a name or id is empty, too long or holds control characters.
@@ -277,6 +294,15 @@ def workflow_run(
         context,
         total_steps,
         description,
-        tuple(declared_steps) if declared_steps else None,
+        check_names(declared_steps, "declared_steps") if declared_steps else None,
         tracer_provider,
+        traceparent,
     )
+
+
+def _remote_parent(traceparent: str) -> otel_context.Context:
+    """The context of the remote span *traceparent* names; ``ValueError`` if it is invalid."""
+    parent = TraceContextTextMapPropagator().extract({"traceparent": str(traceparent).strip()})
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        raise ValueError(f"invalid traceparent {str(traceparent)[:80]!r}: expected {_TP_SHAPE}")
+    return parent

@@ -18,7 +18,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from . import attributes as attr
 from ._spans import error_description, record_error
 from .attributes import StepStatus
-from .redaction import mask_url_credentials
+from .clean import clean_error_type, clean_message
 
 if TYPE_CHECKING:
     from .runs import WorkflowRun
@@ -42,20 +42,21 @@ class StepRun:
         self._explicit: tuple[StepStatus, str | None, str | None] | None = None
 
     def set_message(self, message: str) -> None:
-        """Attach a human-readable outcome message to the step."""
-        self.message = message
+        """Attach a human-readable outcome message to the step (redacted and bounded)."""
+        self.message = _clean(message)
 
     def skip(self, message: str | None = None) -> None:
         """End the step as ``skipped`` when the block exits normally."""
-        self._explicit = (StepStatus.SKIPPED, message, None)
+        self._explicit = (StepStatus.SKIPPED, _clean(message), None)
 
     def fail(self, message: str, *, error_type: str | None = None) -> None:
         """End the step as ``failed`` without raising."""
-        self._explicit = (StepStatus.FAILED, message, error_type)
+        kind = None if error_type is None else clean_error_type(error_type)
+        self._explicit = (StepStatus.FAILED, _clean(message), kind)
 
     def retrying(self, message: str | None = None) -> None:
         """End the attempt as ``retrying``: it failed and another attempt follows."""
-        self._explicit = (StepStatus.RETRYING, message, None)
+        self._explicit = (StepStatus.RETRYING, _clean(message), None)
 
     def _finish(self, exc: BaseException | None) -> None:
         span = self.span
@@ -78,17 +79,22 @@ class StepRun:
             if status in (StepStatus.FAILED, StepStatus.RETRYING):
                 if error_type:
                     span.set_attribute(attr.ERROR_TYPE, error_type)
-                span.set_status(Status(StatusCode.ERROR, mask_url_credentials(message or "")))
+                span.set_status(Status(StatusCode.ERROR, message or ""))
         if self.message is None:
             span.set_attribute(attr.STEP_STATUS, self.status.value)
         else:
             span.set_attributes(
                 {
                     attr.STEP_STATUS: self.status.value,
-                    attr.STEP_MESSAGE: mask_url_credentials(self.message),
+                    attr.STEP_MESSAGE: clean_message(self.message),
                 }
             )
         self.run._step_finished(self)
+
+
+def _clean(message: object) -> str | None:
+    """A message as redacted, bounded text (any object is accepted; ``None`` stays)."""
+    return None if message is None else clean_message(message)
 
 
 class StepScope:
@@ -115,7 +121,7 @@ class StepScope:
             attr.STEP_ATTEMPT: attempt,
         }
         if description is not None:
-            attributes[attr.STEP_DESCRIPTION] = description
+            attributes[attr.STEP_DESCRIPTION] = clean_message(description)
         self._attributes = attributes
         self._step: StepRun | None = None
         self._token: object | None = None
