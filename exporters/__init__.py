@@ -11,20 +11,26 @@ from __future__ import annotations
 
 from .database import DEFAULT_DATABASE_URL, DatabaseURLError, display_url, make_engine
 from .processor import WorkflowHistorySpanProcessor
+from .reaper import reap
+from .replay import replay_spool
 from .sampling import AuditSampler
 from .schema import create_schema, workflow_history, workflow_step_history
 from .setup import Flowtel, configure
+from .signals import install_sigterm_handler
 
 __all__ = [
-    "AuditSampler",
     "DEFAULT_DATABASE_URL",
+    "AuditSampler",
     "DatabaseURLError",
     "Flowtel",
     "WorkflowHistorySpanProcessor",
     "configure",
     "create_schema",
     "display_url",
+    "install_sigterm_handler",
     "make_engine",
+    "reap",
+    "replay_spool",
     "workflow_history",
     "workflow_step_history",
 ]

@@ -11,6 +11,7 @@ bounded). URLs are only ever shown with the password masked, also in the errors 
 
 from __future__ import annotations
 
+import json
 import os
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,8 @@ DEFAULT_DATABASE_URL = "sqlite:///flowtel.db"
 """Used when neither an argument nor ``FLOWTEL_DATABASE_URL`` names a database."""
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10
+"""Seconds a PostgreSQL or MariaDB connection attempt may take (unless the URL says)."""
 _JSON_BACKENDS = frozenset({"sqlite", "postgresql", "mysql", "mariadb"})
 
 
@@ -106,6 +109,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _lenient_json_loads(text: str | bytes) -> Any:
+    """``json.loads``, but text that is not JSON comes back as the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
 def make_engine(database_url: str | URL | None = None, **engine_options: Any) -> Engine:
     """Create a SQLAlchemy engine for the history database with flowtel's settings.
 
@@ -115,10 +126,17 @@ def make_engine(database_url: str | URL | None = None, **engine_options: Any) ->
     """
     url = resolve_database_url(database_url)
     options: dict[str, Any] = {"pool_pre_ping": True}
-    if url.get_backend_name() in _JSON_BACKENDS:
-        mysql = url.get_backend_name() in ("mysql", "mariadb")
+    backend = url.get_backend_name()
+    if backend in _JSON_BACKENDS:
+        mysql = backend in ("mysql", "mariadb")
         options["json_serializer"] = partial(dumps_json, max_depth=31) if mysql else dumps_json
-    if url.get_backend_name() == "sqlite":
+    if backend in ("sqlite", "mysql", "mariadb"):
+        # rows imported from the old system may hold metadata that is not JSON: read it as text
+        options["json_deserializer"] = _lenient_json_loads
+    if backend != "sqlite" and "connect_timeout" not in url.query:
+        # a host that drops packets must not block configure() until the TCP timeout
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if backend == "sqlite":
         _prepare_sqlite_file(url)
         options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         options.pop("pool_pre_ping")

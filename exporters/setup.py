@@ -41,6 +41,7 @@ from .otlp import (
     shutdown_timeout_from_env,
 )
 from .processor import WorkflowHistorySpanProcessor
+from .replay import replay_spool
 from .sampling import AuditSampler, sampler_from_env
 from .sanitize import span_limits
 from .schema_check import SchemaMismatchError, prepare_schema
@@ -195,7 +196,11 @@ def configure(
         log_level: the lowest structlog level written (default ``FLOWTEL_LOG_LEVEL`` or INFO).
         shutdown_timeout: seconds :meth:`Flowtel.shutdown` takes at most, also at interpreter
             exit (default: ``FLOWTEL_SHUTDOWN_TIMEOUT``, else 10).
-        **processor_options: passed to :class:`WorkflowHistorySpanProcessor`.
+        **processor_options: passed to :class:`WorkflowHistorySpanProcessor`, e.g.
+            ``spool_dir`` (where rows wait while the database is unreachable; default
+            ``FLOWTEL_SPOOL_DIR``, else beside the SQLite file or under the user's cache
+            directory), ``spool=False`` (keep them in memory instead), ``spool_after``
+            (seconds of failed writes before spooling) and ``heartbeat_interval``.
 
     Returns:
         The :class:`Flowtel` handle; its ``shutdown`` also runs at interpreter exit.
@@ -217,6 +222,8 @@ def configure(
             raise
         else:
             processor_options["create_tables"] = False
+            if processor_options.get("spool", True):  # rows earlier processes spooled, oldest first
+                replay_spool(engine, processor_options.get("spool_dir"), timeout=5.0)
     resource = make_resource(service_name, service_version, resource_attributes)
     service = service_name or str(resource.attributes.get("service.name") or "") or None
     settings = OTLPSettings(otlp_protocol, otlp_endpoint, otlp_headers, otlp_timeout)

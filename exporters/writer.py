@@ -1,49 +1,57 @@
-"""The history writer: folds queued events per run and writes them in batches.
+"""The history writer: folds queued events per run into rows, commits them or spools them.
 
-Runs on the processor's own thread, never on the application's. Each batch is one
-transaction holding one multi-row upsert for runs and one for steps. A failed batch is kept
-(the runs stay dirty, the step rows stay pending) and retried with exponential backoff while
-new events keep being folded in, so an outage costs memory bounded by the active runs plus
-``max_pending_steps`` step rows; the first failure is logged once, with the database URL's
-password masked, and recovery is logged once.
+Owned by the processor's writer thread, never the application's; its database calls run on a
+:class:`~exporters.dbthread.DatabaseThread`, so it never waits on the database. Each batch is
+one transaction with one multi-row upsert for runs and one for steps. A failed batch goes back
+to the pending rows and is retried with exponential backoff (see :mod:`exporters.health`) while
+new events keep being folded in. Pending rows go to the local spool once the database has
+failed for ``spool_after`` seconds, at once when it refuses the rows themselves (the replay
+then isolates the refused ones), when the queue is over its threshold, and when a flush
+deadline is near (then the batch in flight too). While the database is down every batch follows
+them, and each attempt (with the next batch, or ``SELECT 1`` when idle) probes for its return;
+then the spool is replayed a chunk at a time between batches. An outage of any length thus
+costs the active runs' state plus a batch or two; without a working spool, at most
+``max_pending_steps`` step rows are kept (the oldest are dropped, and counted). While healthy,
+the writer refreshes the heartbeat of its active runs every ``heartbeat_interval`` seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from .bulk import bulk_upsert_rows
-from .database import display_url
-from .events import StepEnd, StepStart, decode
-from .schema import create_schema
-from .state import RunState, step_row
+from .dbthread import DatabaseThread
+from .health import WriterHealth, WriterStats, refused
+from .pending import PendingRows, Rows
+from .reaper import heartbeat
+from .replay import Replayer
+from .schema_check import prepare_schema
+from .spool import Spool, spool_key
 
 __all__ = ["HistoryWriter", "WriterStats"]
 
 logger = logging.getLogger("flowtel.writer")
 
 
-@dataclass
-class WriterStats:
-    """Counters describing the writer's health (read them from any thread)."""
-
-    batches_written: int = 0
-    runs_written: int = 0
-    steps_written: int = 0
-    write_errors: int = 0
-    retries: int = 0
-    steps_dropped: int = 0
-    last_error: str | None = field(default=None)
-
-
 class HistoryWriter:
-    """Turns events into rows and commits them; owned by one thread."""
+    """Turns events into rows and commits them, or spools them; owned by one thread.
+
+    Args:
+        engine: the history database.
+        spool_directory: where rows go while the database cannot take them, and are
+            replayed from (``None``: keep them in memory, dropping the oldest step rows past
+            *max_pending_steps*).
+        spool_after: seconds of failed writes before rows go to the spool.
+        heartbeat_interval: seconds between refreshes of the active runs' ``updated_at``.
+        max_pending_steps: step rows kept in memory without a spool, or a working one.
+        notify: wakes the writer thread when a database call has finished.
+    """
 
     def __init__(
         self,
@@ -53,133 +61,238 @@ class HistoryWriter:
         service_name: str | None = None,
         context_keys: tuple[str, str] = ("server_id", "device_type"),
         trace_url_template: str | None = None,
-        max_pending_steps: int = 200_000,
+        spool_directory: Path | None = None,
+        spool_after: float = 1.0,
+        heartbeat_interval: float = 5.0,
+        max_pending_steps: int = 20_000,
         max_backoff: float = 5.0,
+        notify: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.stats = WriterStats()
+        self.health = WriterHealth(engine.url, self.stats, max_backoff)
+        self.db = DatabaseThread(notify or (lambda: None))
+        self.pending = PendingRows(service_name, trace_url_template, context_keys)
+        key = spool_key(engine.url)
+        self.spool = Spool(spool_directory, key) if spool_directory else None
+        self.replayer = Replayer(spool_directory, key) if spool_directory else None
+        self.flush_ok = True
+        self.unreplayed = False  # rows this writer spooled that were not replayed yet
         self._create_tables = create_tables
-        self._service_name = service_name
-        self._context_keys = context_keys
-        self._trace_url_template = trace_url_template
+        self._spool_after = spool_after
+        self._heartbeat_interval = heartbeat_interval
         self._max_pending_steps = max_pending_steps
-        self._max_backoff = max_backoff
-        self._runs: dict[str, RunState] = {}
-        self._dirty: dict[str, RunState] = {}
-        self._steps: dict[int, StepStart | StepEnd] = {}
-        self._failing_since: float | None = None
-        self._backoff = 0.0
-        self._retry_at = 0.0
+        self._spool_broken = False
+        self._replay_due = self.replayer is not None
+        self._next_beat = time.monotonic() + heartbeat_interval
 
     @property
     def has_pending(self) -> bool:
-        """Whether rows are waiting to be written (after a failure, or not yet flushed)."""
-        return bool(self._dirty or self._steps)
+        """Whether rows wait to be written (not yet flushed, or after a failure)."""
+        return bool(self.pending)
+
+    @property
+    def settled(self) -> bool:
+        """A waiting flush can be answered: nothing pending or in flight unspooled, and the
+        schema is not being prepared."""
+        return self.pending.settled and self.db.running != "prepare"
 
     @property
     def active_runs(self) -> int:
         """Runs started and not yet ended, as far as this writer has seen."""
-        return len(self._runs)
+        return len(self.pending.runs)
 
     def fold(self, events: Iterable[Any]) -> None:
         """Fold *events* (in queue order) into run states and pending step rows."""
-        runs, dirty, steps = self._runs, self._dirty, self._steps
-        for raw in events:
-            event = decode(raw)
-            if isinstance(event, (StepStart, StepEnd)):
-                steps[event.span_id] = event  # queue order: an end follows its start
-                run = runs.get(event.run_id)
-                if run is None:
-                    continue  # the run's own span was not seen (yet): its end will carry all
-            else:
-                run = runs.get(event.run_id)
-                if run is None:
-                    run = RunState(event.run_id, self._service_name, self._trace_url_template)
-                    runs[event.run_id] = run
-            run.apply(event)
-            if run.known:
-                dirty[event.run_id] = run
-        self._bound_pending_steps()
-
-    def _bound_pending_steps(self) -> None:
-        excess = len(self._steps) - self._max_pending_steps
-        if excess <= 0:
-            return
-        for key in list(self._steps)[:excess]:
-            del self._steps[key]
-        self.stats.steps_dropped += excess
+        self.pending.fold(events)
+        if self.spool is None or self._spool_broken:
+            self.stats.steps_dropped += self.pending.drop_oldest_steps(self._max_pending_steps)
 
     def prepare(self) -> None:
-        """Create the tables now if asked to (a failure is retried before the first write)."""
-        if not self._create_tables:
-            return
-        try:
-            create_schema(self.engine)
-            self._create_tables = False
-        except Exception as exc:
-            self._failed(exc)
+        """Prepare the schema in the background (``prepare_schema``: create the tables on an
+        empty database, or raise ``SchemaMismatchError``, logged once and retried)."""
+        if self._create_tables and self.db.idle:
+            self.db.submit("prepare", self._ensure_schema)
 
-    def ready(self, now: float | None = None) -> bool:
-        """Whether a write may be attempted now (not inside a retry backoff)."""
-        return (now if now is not None else time.monotonic()) >= self._retry_at
+    def _ensure_schema(self) -> None:
+        if self._create_tables:  # on the database thread, like every call
+            prepare_schema(self.engine)
+            self._create_tables = False
+
+    # -- one turn of the writer's loop ------------------------------------------------------
+    def collect(self) -> None:
+        """Take in the outcome of the database call that finished, if any."""
+        outcome = self.db.collect()
+        if outcome is None:
+            return
+        kind, value, error = outcome
+        if kind == "commit":
+            self.pending.landed(error is None)  # on failure its rows are pending again
+            if error is not None and refused(error):  # not an outage: the replay isolates it
+                self._spool("the database refused a row", outage=False)
+        if error is not None:
+            self.health.failed(error)
+            return
+        stats = self.stats
+        if kind == "commit":
+            self._count(value)
+        elif kind == "replay" and self.replayer is not None:
+            stats.rows_replayed = self.replayer.rows_replayed
+            stats.rows_rejected = self.replayer.rows_rejected
+            self._replay_due = self.unreplayed = value > 0
+        elif kind == "beat":
+            stats.heartbeats += 1
+        if self.health.recovered():
+            self._replay_due = self.replayer is not None
+
+    def step(self, *, urgent: bool = False, spool_only: bool = False, hurry: bool = False) -> None:
+        """Commit the pending rows, or spool them, or keep them for a retry.
+
+        Args:
+            urgent: a flush waits (it is answered once the rows are committed or spooled).
+            spool_only: the queue is over its threshold: spool instead of committing.
+            hurry: a deadline is near: spool everything, the batch in flight too.
+        """
+        pending, health, now = self.pending, self.health, time.monotonic()
+        if hurry and not pending.settled:
+            self._spool("a flush deadline is near", outage=False, with_flight=True)
+        elif not pending:
+            return
+        elif spool_only:
+            self._spool("the queue is over its threshold", outage=False)
+        elif self.db.idle and now >= health.retry_at:
+            run_rows, step_rows = pending.take()
+            self.db.submit("commit", lambda: self._commit(run_rows, step_rows))
+        elif health.spooling or health.failing_for(now) >= self._spool_after:
+            self._spool(None, outage=True)
 
     def write(self) -> bool:
-        """Write every pending row in one transaction; return whether it committed."""
-        if not self.has_pending:
+        """Commit every pending row now, on the calling thread (for tools and benchmarks)."""
+        if not self.pending:
             return True
-        dirty = self._dirty
-        run_rows = [run.row(self._context_keys) for run in dirty.values()]
-        step_rows = [step_row(event) for event in self._steps.values()]
+        run_rows, step_rows = self.pending.take()
         try:
-            if self._create_tables:
-                create_schema(self.engine)
-                self._create_tables = False
-            with self.engine.begin() as connection:
-                bulk_upsert_rows(connection, run_rows, step_rows)
+            counts = self._commit(run_rows, step_rows)
         except Exception as exc:
-            self._failed(exc)
+            self.pending.landed(False)
+            self.health.failed(exc)
             return False
-        self._succeeded(len(run_rows), len(step_rows))
-        for run_id, run in dirty.items():
-            if run.is_final:
-                self._runs.pop(run_id, None)
-        dirty.clear()
-        self._steps.clear()
+        self.pending.landed(True)
+        self._count(counts)
+        self.health.recovered()
         return True
 
-    def _failed(self, exc: Exception) -> None:
-        stats = self.stats
-        stats.write_errors += 1
-        stats.last_error = f"{type(exc).__name__}: {_first_line(exc)}"
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            logger.error(
-                "flowtel cannot write workflow history to %s (%s); "
-                "keeping rows in memory and retrying in the background",
-                display_url(self.engine.url),
-                stats.last_error,
-            )
-        else:
-            stats.retries += 1
-        self._backoff = min(self._max_backoff, max(0.05, self._backoff * 2))
-        self._retry_at = time.monotonic() + self._backoff
+    def _commit(self, run_rows: list[Any], step_rows: list[Any]) -> tuple[int, int]:
+        self._ensure_schema()
+        with self.engine.begin() as connection:
+            bulk_upsert_rows(connection, run_rows, step_rows)
+        return len(run_rows), len(step_rows)
 
-    def _succeeded(self, runs: int, steps: int) -> None:
-        stats = self.stats
-        stats.batches_written += 1
-        stats.runs_written += runs
-        stats.steps_written += steps
-        if self._failing_since is not None:
-            logger.warning(
-                "flowtel writes workflow history to %s again after %.1f s",
-                display_url(self.engine.url),
-                time.monotonic() - self._failing_since,
-            )
-            self._failing_since = None
-        self._backoff = 0.0
-        self._retry_at = 0.0
+    def _count(self, counts: tuple[int, int]) -> None:
+        self.stats.batches_written += 1
+        self.stats.runs_written += counts[0]
+        self.stats.steps_written += counts[1]
 
+    def _spool(self, why: str | None, *, outage: bool, with_flight: bool = False) -> None:
+        spool = self.spool
+        if spool is None:
+            return
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
+        def put(rows: Rows) -> bool:
+            try:
+                records = spool.append(*rows)
+            except OSError as exc:
+                self.stats.spool_errors += 1
+                if not self._spool_broken:
+                    logger.error(
+                        "flowtel cannot spool to %s (%s); keeping at most %d step rows in memory",
+                        spool.directory,
+                        exc,
+                        self._max_pending_steps,
+                    )
+                self._spool_broken = True
+                return False
+            self.stats.rows_spooled += records
+            self.stats.spool_batches += 1
+            return True
+
+        if self.pending.spool(put, with_flight=with_flight):
+            self.health.spooled(spool.directory, why, outage=outage)
+            self.flush_ok = self._spool_broken = False
+            self.unreplayed = True
+
+    # -- between batches -------------------------------------------------------------------
+    def maintain(self, *, idle: bool) -> None:
+        """Probe, heartbeat or replay a spool chunk, if one is due and no call is in flight.
+
+        Args:
+            idle: the queue is short, so a spool chunk may be replayed now.
+        """
+        now = time.monotonic()
+        if not self.db.idle:
+            return
+        if not self.health.healthy:
+            if not self.pending and now >= self.health.retry_at:
+                self.db.submit("probe", self._probe)
+            return
+        if now >= self._next_beat:
+            self._next_beat = now + self._heartbeat_interval
+            self._replay_due = self.replayer is not None  # also picks up others' leftovers
+            run_ids = self.pending.active_run_ids()
+            if run_ids:
+                self.db.submit("beat", lambda: self._beat(run_ids))
+                return
+        if idle and self._replay_due and self.replayer is not None:
+            if self.spool is not None:
+                self.spool.seal()  # our own file becomes replayable
+            self.db.submit("replay", self._replay_chunk)
+
+    def _probe(self) -> None:
+        self._ensure_schema()
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
+    def _beat(self, run_ids: list[str]) -> None:
+        with self.engine.begin() as connection:
+            heartbeat(connection, run_ids)
+
+    def _replay_chunk(self) -> int:
+        assert self.replayer is not None
+        self._ensure_schema()
+        return self.replayer.replay_chunk(self.engine)
+
+    # -- the end ---------------------------------------------------------------------------
+    def finish(self, deadline: float) -> None:
+        """Commit what is left, and replay what this writer spooled, if the database takes it
+        before *deadline*; spool the rest (replayed at the next start)."""
+        while time.monotonic() < deadline:
+            self.collect()
+            if not self.db.idle:
+                self.db.wait(min(0.05, deadline - time.monotonic()))
+            elif not self.health.healthy:
+                break
+            elif self.pending:
+                self.step(urgent=True)
+            elif self.unreplayed and self.replayer is not None and self.spool is not None:
+                self.spool.seal()
+                self.db.submit("replay", self._replay_chunk)
+            else:
+                break
+        if not self.pending.settled:
+            self._spool("shutting down", outage=False, with_flight=True)
+        self.close()
+
+    def close(self) -> None:
+        """Seal the spool file, release the file being replayed, end the database thread."""
+        if self.spool is not None:
+            self.spool.seal()
+        if self.replayer is not None and self.db.running != "replay":
+            self.replayer.release()
+        self.db.stop()
+
+    def forget_files(self) -> None:
+        """In a forked child: drop the inherited spool files without unlocking them."""
+        if self.spool is not None:
+            self.spool.forget()
+        if self.replayer is not None:
+            self.replayer.release()  # closing our copy keeps the parent's lock

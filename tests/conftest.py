@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from exporters import WorkflowHistorySpanProcessor, make_engine
 from exporters.schema import metadata, workflow_history, workflow_step_history
+from tests.pg_private import private_postgres  # noqa: F401 - the fixture, registered once
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
 SERVER_ENV = {"postgresql": "FLOWTEL_TEST_POSTGRES_URL", "mysql": "FLOWTEL_TEST_MYSQL_URL"}
@@ -63,6 +64,12 @@ _SWITCHBOARD = Switchboard()
 _PROVIDER = TracerProvider(shutdown_on_exit=False)
 _PROVIDER.add_span_processor(_SWITCHBOARD)
 trace.set_tracer_provider(_PROVIDER)
+
+
+@pytest.fixture(autouse=True)
+def _private_spool(tmp_path_factory: pytest.TempPathFactory, monkeypatch: Any) -> None:
+    """Each test spools into a directory of its own, never the user's cache or a neighbour's."""
+    monkeypatch.setenv("FLOWTEL_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
 
 
 @pytest.fixture

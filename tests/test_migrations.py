@@ -238,8 +238,8 @@ def test_mariadb_on_update_timestamps_do_not_move_during_the_backfill(empty_url:
     assert raw_old_values(empty_url) == before
 
 
-@pytest.mark.xfail(strict=True, reason="make_engine needs a lenient json_deserializer")
 def test_imported_rows_whose_metadata_is_not_json_can_be_shown(tmp_path: Path) -> None:
+    """An imported row whose old metadata is not JSON is shown with that text as is."""
     url = f"sqlite:///{tmp_path}/old.db"
     rows = build_old_database(url)
     assert invoke("upgrade", "--db", url).exit_code == 0
@@ -248,7 +248,6 @@ def test_imported_rows_whose_metadata_is_not_json_can_be_shown(tmp_path: Path) -
     assert detail.exit_code == 0, detail.output
 
 
-@pytest.mark.xfail(strict=True, reason="the reaper marks imported 'running' rows abandoned")
 def test_the_reaper_leaves_imported_rows_alone(tmp_path: Path) -> None:
     from exporters.reaper import reap
 

@@ -101,6 +101,7 @@ def step_table(meta: sa.MetaData) -> sa.Table:
         sa.Column("logs", _json()),
         sa.Index("ix_workflow_step_history_run_id", "run_id", "step_index"),
         sa.Index("ix_workflow_step_history_status_started_at", "status", "started_at"),
+        sa.Index("ix_workflow_step_history_started_at", "started_at"),
     )
 
 

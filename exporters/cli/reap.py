@@ -1,0 +1,96 @@
+"""``flowtel reap --older-than 10m``: give up on runs whose process stopped beating.
+
+A writer refreshes ``updated_at`` of its running runs every few seconds; a process that died
+(SIGKILL, OOM, power cut) leaves its runs ``running`` forever. ``reap`` marks those whose
+heartbeat is older than ``--older-than`` as ``abandoned``, with the reason in
+``metadata.abandoned`` (see :func:`exporters.reaper.reap`); if the process was merely stalled,
+its own terminal write still replaces ``abandoned`` later. Durations: ``90s``, ``10m``, ``2h``,
+``1d``, ``1w`` or plain seconds. A missing database reaps nothing; one that cannot be reached
+ends with exit status 2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..reaper import duration_text
+from ..reaper import reap as reap_runs
+from ._common import db_option, echo_json, history_store
+
+__all__ = ["Duration", "parse_duration", "reap"]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90s``, ``10m``, ``2h``, ``1d``, ``1w`` or plain seconds, as a timedelta.
+
+    Raises:
+        ValueError: *text* is not one of those.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(text)
+    return dt.timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
+
+
+if TYPE_CHECKING:
+    _DurationParam = click.ParamType[dt.timedelta]  # generic only in newer click releases
+else:
+    _DurationParam = click.ParamType
+
+
+class Duration(_DurationParam):
+    """A click parameter for :func:`parse_duration`."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dt.timedelta:
+        """Return *value* as a timedelta or fail with an example."""
+        if isinstance(value, dt.timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a duration: give e.g. 90s, 10m, 2h or 1d", param, ctx)
+
+
+@click.command()
+@db_option
+@click.option(
+    "--older-than",
+    type=Duration(),
+    default="10m",
+    show_default=True,
+    help="Reap running runs whose last heartbeat is older than this.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+def reap(db: str | None, older_than: dt.timedelta, as_json: bool) -> None:
+    """Mark running runs without a recent heartbeat as abandoned."""
+    with history_store(db) as store:
+        reaped = [] if store is None else reap_runs(store.engine, older_than)
+    if as_json:
+        echo_json(
+            {
+                "older_than_s": older_than.total_seconds(),
+                "reaped": [run.to_json() for run in reaped],
+            }
+        )
+        return
+    limit = duration_text(older_than)
+    if not reaped:
+        click.echo(f"No running run has been silent for more than {limit}.")
+        return
+    click.echo(f"Marked {len(reaped)} run(s) abandoned (no heartbeat for more than {limit}):")
+    for run in reaped:
+        seen = run.last_heartbeat.isoformat(timespec="seconds") if run.last_heartbeat else "never"
+        click.echo(
+            f"  {run.run_id}  {run.workflow_id}  pid {run.pid} on {run.host}, last seen {seen}"
+        )
