@@ -136,9 +136,12 @@ def test_same_workflow_id_twice_is_two_rows(history: History) -> None:
 
 def test_cancelled_run_is_recorded_cancelled(history: History) -> None:
     """KeyboardInterrupt inside a step leaves the run cancelled and re-raises it."""
-    with pytest.raises(KeyboardInterrupt), workflow_run("provision_server") as run:
-        with run.step("wait"):
-            raise KeyboardInterrupt
+    with (
+        pytest.raises(KeyboardInterrupt),
+        workflow_run("provision_server") as run,
+        run.step("wait"),
+    ):
+        raise KeyboardInterrupt
     history.flush()
     (row,) = history.runs()
     assert row.status == "cancelled"

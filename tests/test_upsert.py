@@ -17,7 +17,7 @@ NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 
 def run_row(seq: int, status: str, steps: int, **extra: Any) -> dict[str, Any]:
     """A complete run snapshot with the given sequence number."""
-    row = {c: None for c in workflow_history.columns.keys() if c != "id"}
+    row = {c.name: None for c in workflow_history.columns if c.name != "id"}
     row.update(
         run_id="run-1",
         workflow_id="provision_srv-1",
@@ -35,7 +35,7 @@ def run_row(seq: int, status: str, steps: int, **extra: Any) -> dict[str, Any]:
 
 def step_row(status: str, message: str | None = None) -> dict[str, Any]:
     """A step snapshot for one span id."""
-    row = {c: None for c in workflow_step_history.columns.keys() if c != "id"}
+    row = {c.name: None for c in workflow_step_history.columns if c.name != "id"}
     row.update(
         run_id="run-1",
         span_id="00f067aa0ba902b7",
