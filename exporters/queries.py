@@ -1,191 +1,108 @@
-"""Read the history back: a small, typed query API over ``workflow_history`` and its steps.
+"""Read the history back: the typed query API the command line and web views are built on.
 
-:class:`HistoryStore` wraps an engine and answers the two questions the command line asks:
-which runs match some filters (:meth:`HistoryStore.list_runs`, newest first) and what happened
-in one run (:meth:`HistoryStore.get_run`, by full run id, unique run-id prefix or workflow id).
-Results are frozen dataclasses whose ``to_json()`` gives JSON-ready dictionaries with stable keys
-and ISO 8601 UTC timestamps. Only SQLAlchemy Core constructs every dialect shares are used, so
-the same queries run on SQLite, PostgreSQL and MariaDB.
+:class:`HistoryStore` wraps an engine and answers four questions: which runs match some filters
+(:meth:`~HistoryStore.list_runs`, newest first), what happened in one run
+(:meth:`~HistoryStore.get_run`: a run id, unique prefix or workflow id, resolved by
+:mod:`exporters.lookup`), which runs are in progress (:meth:`~HistoryStore.active_runs`) and
+how workflows did over a window (:meth:`~HistoryStore.stats`, from :mod:`exporters.stats`). It
+never prints; results are the frozen records of :mod:`exporters.records`, secrets redacted.
+Every query is time-bounded or served by an index, with SQLAlchemy Core constructs that
+SQLite, PostgreSQL and MariaDB share.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
-from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Row, case, func, select
+from sqlalchemy import Row, Select, func, select
 from sqlalchemy.engine import URL, Connection, Engine
 
+from instrumentation import redact
+
 from .database import make_engine
+from .lookup import MIN_PREFIX_LENGTH, AmbiguousRunError, RunNotFoundError, find_run
+from .records import (
+    ActiveRun,
+    FailingStep,
+    GroupStats,
+    MatchedBy,
+    RunDetail,
+    RunSummary,
+    StatsReport,
+    StepRecord,
+    StepStats,
+    WorkflowStats,
+)
 from .schema import workflow_history, workflow_step_history
+from .stats import compute_stats
 
 __all__ = [
     "MIN_PREFIX_LENGTH",
+    "ActiveRun",
     "AmbiguousRunError",
+    "FailingStep",
+    "GroupStats",
     "HistoryStore",
     "RunDetail",
     "RunNotFoundError",
     "RunSummary",
+    "StatsReport",
     "StepRecord",
+    "StepStats",
+    "WorkflowStats",
 ]
 
-MIN_PREFIX_LENGTH = 4
-"""Shortest run-id prefix :meth:`HistoryStore.get_run` accepts."""
-
-_SUGGESTION_POOL = 2000  # most recent ids compared against an unknown reference
-_AMBIGUOUS_SHOWN = 10
-MatchedBy = Literal["run_id", "workflow_id", "prefix"]
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        utc = value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    if isinstance(value, list):
-        return [_json_value(v) for v in value]
-    return value.to_json() if isinstance(value, _Record) else value
-
-
-def _json_value_of(obj: Any) -> dict[str, Any]:
-    return {f.name: _json_value(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-
-
-class _Record:
-    __slots__ = ()
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the record as a JSON-ready dictionary (timestamps as ISO 8601 UTC)."""
-        return _json_value_of(self)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StepRecord(_Record):
-    """One step attempt, as stored in ``workflow_step_history``."""
-
-    step_index: int
-    step_name: str
-    attempt: int
-    status: str
-    started_at: dt.datetime | None
-    completed_at: dt.datetime | None
-    duration_ms: int | None
-    message: str | None
-    error_type: str | None
-    error_message: str | None
-    error_stacktrace: str | None
-    logs: Any
-    span_id: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RunSummary(_Record):
-    """One run as listed by :meth:`HistoryStore.list_runs` (no metadata, no steps)."""
-
-    run_id: str
-    workflow_name: str | None
-    workflow_id: str
-    status: str
-    server_id: str | None
-    device_type: str | None
-    started_at: dt.datetime | None
-    completed_at: dt.datetime | None
-    duration_ms: int | None
-    steps_completed: int
-    total_steps: int
-    current_step: str | None
-    error_type: str | None
-    error_message: str | None
-    trace_id: str | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RunDetail(RunSummary):
-    """One run with every column and its step attempts, from :meth:`HistoryStore.get_run`.
-
-    Attributes:
-        steps: the step attempts ordered by ``step_index`` then ``attempt``.
-        matched_by: how the reference was resolved: ``run_id``, ``workflow_id`` or ``prefix``.
-        other_runs: how many other runs share this run's ``workflow_id``.
-    """
-
-    span_id: str | None
-    parent_run_id: str | None
-    service_name: str | None
-    host: str | None
-    pid: int | None
-    updated_at: dt.datetime | None
-    metadata: dict[str, Any]
-    steps: list[StepRecord]
-    matched_by: MatchedBy
-    other_runs: int
-
-    @property
-    def context(self) -> dict[str, Any]:
-        """The run's context as recorded (already redacted) in ``metadata.context_data``."""
-        value = self.metadata.get("context_data")
-        return value if isinstance(value, dict) else {}
-
-    @property
-    def failed_step(self) -> StepRecord | None:
-        """The last attempt that ended ``failed``, if any."""
-        return next((s for s in reversed(self.steps) if s.status == "failed"), None)
-
-
-class RunNotFoundError(LookupError):
-    """No run matches the reference given to :meth:`HistoryStore.get_run`.
-
-    Attributes:
-        ref: the reference that matched nothing.
-        suggestion: the closest existing run id or workflow id, or ``None``.
-    """
-
-    def __init__(self, ref: str, suggestion: str | None = None) -> None:
-        self.ref = ref
-        self.suggestion = suggestion
-        message = f"no run found for {ref!r} (tried run id, workflow id and run-id prefix)"
-        if len(ref) < MIN_PREFIX_LENGTH:
-            message += f"; a run-id prefix needs at least {MIN_PREFIX_LENGTH} characters"
-        if suggestion is not None:
-            message += f"; did you mean {suggestion!r}?"
-        super().__init__(message)
-
-
-class AmbiguousRunError(LookupError):
-    """A run-id prefix matches several runs.
-
-    Attributes:
-        ref: the prefix.
-        candidates: the matching run ids (at most ten), newest first.
-    """
-
-    def __init__(self, ref: str, candidates: Sequence[str]) -> None:
-        self.ref = ref
-        self.candidates = list(candidates)
-        super().__init__(
-            f"{ref!r} matches several runs ({', '.join(self.candidates)}); give more characters"
-        )
-
-
+_ACTIVE = ("pending", "running")
+_REDACTED_FIELDS = frozenset({"error_message", "error_stacktrace", "logs", "message", "metadata"})
 _H = workflow_history.c
 _S = workflow_step_history.c
 _SUMMARY_FIELDS = [f.name for f in dataclasses.fields(RunSummary)]
 _DETAIL_COLUMNS = [f.name for f in dataclasses.fields(RunDetail) if f.name in _H]
 _STEP_FIELDS = [f.name for f in dataclasses.fields(StepRecord)]
+_ACTIVE_FIELDS = [f.name for f in dataclasses.fields(ActiveRun)]
 
 
-def _newest_first() -> tuple[ColumnElement[Any], ...]:
-    # NULL started_at last on every dialect (MariaDB has no NULLS LAST).
-    return (case((_H.started_at.is_(None), 1), else_=0), _H.started_at.desc(), _H.id.desc())
+def _newest_rows(
+    conn: Connection, query: Select[Any], limit: int, *, undated: bool = True
+) -> list[Row[Any]]:
+    """Rows of *query* newest first, in an order the ``started_at`` indexes can provide.
+
+    With *undated*, runs without a start time follow the others, most recently inserted first.
+    """
+    dated = query.where(_H.started_at.is_not(None)).order_by(_H.started_at.desc(), _H.id.desc())
+    rows = list(conn.execute(dated.limit(limit)))
+    if undated and len(rows) < limit:
+        rest = query.where(_H.started_at.is_(None)).order_by(_H.id.desc())
+        rows.extend(conn.execute(rest.limit(limit - len(rows))))
+    return rows
+
+
+def _redacted(values: dict[str, Any]) -> dict[str, Any]:
+    """*values* with free text and JSON redacted again (rows may come from other writers)."""
+    for key in _REDACTED_FIELDS.intersection(values):
+        if values[key] is not None:
+            values[key] = redact(values[key])
+    return values
 
 
 class HistoryStore:
-    """Queries over the history tables of one database.
+    """Queries over the history tables of one database; safe to share between threads.
+
+    Each call opens a pooled connection, runs a few indexed queries and returns records; it
+    never prints, so a web view can call it and serialise the result::
+
+        store = HistoryStore.from_url("postgresql+psycopg://reader@db/flowtel")
+        week = dt.datetime.now(dt.UTC) - dt.timedelta(days=7)
+        failed = [run.to_json() for run in store.list_runs(status="failed", since=week)]
+        detail = store.get_run(failed[0]["run_id"])  # .steps, .failed_step, .trace_url
+        report = store.stats(since=week, by="device_type").to_json()
+
+    Database errors propagate as :class:`sqlalchemy.exc.SQLAlchemyError`.
 
     Args:
-        engine: the engine to query.
+        engine: the engine to query (see :func:`exporters.make_engine`).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -211,6 +128,7 @@ class HistoryStore:
         workflow: str | None = None,
         workflow_id: str | None = None,
         server_id: str | None = None,
+        device_type: str | None = None,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = 50,
@@ -222,6 +140,7 @@ class HistoryStore:
             workflow: the workflow's name (``provision_server``).
             workflow_id: the logical id (``provision_srv-0042``).
             server_id: the server the run was about.
+            device_type: the device type the run was about.
             since: only runs started at or after this time (naive means UTC).
             until: only runs started before this time (naive means UTC).
             limit: the most runs to return.
@@ -237,6 +156,7 @@ class HistoryStore:
             (_H.workflow_name, workflow),
             (_H.workflow_id, workflow_id),
             (_H.server_id, server_id),
+            (_H.device_type, device_type),
         ):
             if value is not None:
                 query = query.where(column == str(value))
@@ -244,9 +164,52 @@ class HistoryStore:
             query = query.where(_H.started_at >= since)
         if until is not None:
             query = query.where(_H.started_at < until)
-        query = query.order_by(*_newest_first()).limit(limit)
         with self.engine.connect() as conn:
-            return [RunSummary(**row._asdict()) for row in conn.execute(query)]
+            rows = _newest_rows(conn, query, limit, undated=since is None and until is None)
+            return [RunSummary(**row._asdict()) for row in rows]
+
+    def active_runs(self, *, workflow: str | None = None, limit: int = 100) -> list[ActiveRun]:
+        """Return the runs still ``pending`` or ``running``, most recently started first.
+
+        Args:
+            workflow: only runs of this workflow name.
+            limit: the most runs to return.
+
+        Raises:
+            ValueError: *limit* is not positive.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        query = select(*(_H[name] for name in _ACTIVE_FIELDS)).where(_H.status.in_(_ACTIVE))
+        if workflow is not None:
+            query = query.where(_H.workflow_name == workflow)
+        with self.engine.connect() as conn:
+            return [ActiveRun(**row._asdict()) for row in _newest_rows(conn, query, limit)]
+
+    def stats(
+        self,
+        *,
+        since: dt.datetime,
+        until: dt.datetime | None = None,
+        workflow: str | None = None,
+        by: str | None = None,
+        top: int = 5,
+    ) -> StatsReport:
+        """Return run and step statistics per workflow for runs started in a window.
+
+        Args:
+            since: the window's start (inclusive; naive means UTC).
+            until: the window's end (exclusive; default: now).
+            workflow: only this workflow name.
+            by: also split each workflow's runs by this column (``device_type``,
+                ``server_id``, ``workflow_id``, ``host``, ``service_name``) or context key.
+            top: how many failing steps to list per workflow.
+
+        Raises:
+            ValueError: *by* is not a column or a plain context key, or *top* is negative.
+        """
+        with self.engine.connect() as conn:
+            return compute_stats(conn, since=since, until=until, workflow=workflow, by=by, top=top)
 
     def get_run(self, ref: str) -> RunDetail:
         """Return one run with its steps.
@@ -258,31 +221,9 @@ class HistoryStore:
             RunNotFoundError: nothing matches; the message suggests the closest id.
             AmbiguousRunError: *ref* is a prefix of several run ids.
         """
-        ref = ref.strip()
+        columns = [_H[name] for name in _DETAIL_COLUMNS]
         with self.engine.connect() as conn:
-            found = self._resolve(conn, ref)
-            if found is None:
-                raise RunNotFoundError(ref, self._suggest(conn, ref))
-            return self._detail(conn, *found)
-
-    def _resolve(self, conn: Connection, ref: str) -> tuple[Row[Any], MatchedBy] | None:
-        base = select(*(_H[name] for name in _DETAIL_COLUMNS))
-        # Each candidate is re-checked in Python: MariaDB compares strings case-insensitively.
-        row = conn.execute(base.where(_H.run_id == ref)).first()
-        if row is not None and row.run_id == ref:
-            return row, "run_id"
-        query = base.where(_H.workflow_id == ref).order_by(*_newest_first()).limit(1)
-        row = conn.execute(query).first()
-        if row is not None and row.workflow_id == ref:
-            return row, "workflow_id"
-        if len(ref) < MIN_PREFIX_LENGTH:
-            return None
-        query = base.where(_H.run_id.startswith(ref, autoescape=True))
-        query = query.order_by(*_newest_first()).limit(_AMBIGUOUS_SHOWN + 1)
-        rows = [r for r in conn.execute(query) if r.run_id.startswith(ref)]
-        if len(rows) > 1:
-            raise AmbiguousRunError(ref, [r.run_id for r in rows[:_AMBIGUOUS_SHOWN]])
-        return (rows[0], "prefix") if rows else None
+            return self._detail(conn, *find_run(conn, ref.strip(), columns))
 
     def _detail(self, conn: Connection, row: Row[Any], matched_by: MatchedBy) -> RunDetail:
         steps_query = (
@@ -290,20 +231,10 @@ class HistoryStore:
             .where(_S.run_id == row.run_id)
             .order_by(_S.step_index, _S.attempt, _S.started_at, _S.id)
         )
-        steps = [StepRecord(**r._asdict()) for r in conn.execute(steps_query)]
+        steps = [StepRecord(**_redacted(r._asdict())) for r in conn.execute(steps_query)]
         others = conn.execute(
             select(func.count()).where(_H.workflow_id == row.workflow_id, _H.run_id != row.run_id)
         ).scalar_one()
-        values = row._asdict()
+        values = _redacted(row._asdict())
         values["metadata"] = values["metadata"] if isinstance(values["metadata"], dict) else {}
         return RunDetail(**values, steps=steps, matched_by=matched_by, other_runs=others)
-
-    def _suggest(self, conn: Connection, ref: str) -> str | None:
-        recent = select(_H.run_id, _H.workflow_id).order_by(*_newest_first())
-        candidates: dict[str, str] = {}
-        for run_id, workflow_id in conn.execute(recent.limit(_SUGGESTION_POOL)):
-            candidates.setdefault(workflow_id, workflow_id)
-            # Compare a short reference with the same number of leading characters.
-            candidates.setdefault(run_id[: max(len(ref), 8)], run_id)
-        close = difflib.get_close_matches(ref, list(candidates), n=1, cutoff=0.6)
-        return candidates[close[0]] if close else None

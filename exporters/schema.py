@@ -158,6 +158,7 @@ workflow_step_history = Table(
     Column("logs", _json()),
     Index("ix_workflow_step_history_run_id", "run_id", "step_index"),
     Index("ix_workflow_step_history_status_started_at", "status", "started_at"),
+    Index("ix_workflow_step_history_started_at", "started_at"),
 )
 
 RUN_COLUMNS: tuple[str, ...] = tuple(c.name for c in workflow_history.columns if c.name != "id")

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNREACHABLE = "postgresql+psycopg://flowtel:s3cret-pw@127.0.0.1:1/flowtel"
 FAILED_ID = "3f2a9c1e-7d1b-4c55-9a0e-2b1f0c9d8e7a"
 OK_ID = "77aa0b12-0000-4000-8000-000000000001"
+TRACE_URL = "https://jaeger.example/trace/0af7651916cd43dd8448eb211c80319c"
 STACK = 'Traceback (most recent call last):\n  File "demo.py", line 9, in wait\nTimeoutError: late'
 
 
@@ -68,6 +69,7 @@ def seed(engine: Engine) -> None:
         server_id="srv-0042",
         status="failed",
         started_at=T0 + dt.timedelta(hours=1),
+        completed_at=T0 + dt.timedelta(hours=1, seconds=90),
         steps_completed=3,
         current_step="wait_for_commissioning",
         error_type="TimeoutError",
@@ -75,10 +77,23 @@ def seed(engine: Engine) -> None:
         host="worker-7",
         pid=4242,
         trace_id="0af7651916cd43dd8448eb211c80319c",
-        metadata={"context_data": {"server_id": "srv-0042", "ipmi_password": "[REDACTED]"}},
+        metadata={
+            "context_data": {"server_id": "srv-0042", "ipmi_password": "[REDACTED]"},
+            "trace": {"url": TRACE_URL},
+        },
     )
-    steps = [step_row(FAILED_ID, i, name) for i, name in enumerate(["select_machine", "a", "b"], 1)]
-    steps.append(
+    start = T0 + dt.timedelta(hours=1)
+
+    def timed(at_s: float, ms: int) -> dict[str, Any]:
+        begin = start + dt.timedelta(seconds=at_s)
+        end = begin + dt.timedelta(milliseconds=ms)
+        return {"started_at": begin, "completed_at": end, "duration_ms": ms}
+
+    steps = [
+        step_row(FAILED_ID, 1, "select_machine", **timed(0, 2000)),
+        step_row(FAILED_ID, 2, "a", status="skipped", **timed(2, 0)),
+        step_row(FAILED_ID, 3, "b", status="retrying", **timed(2, 10_000)),
+        step_row(FAILED_ID, 3, "b", attempt=2, **timed(12, 10_000)),
         step_row(
             FAILED_ID,
             4,
@@ -96,8 +111,9 @@ def seed(engine: Engine) -> None:
                     "message": "commissioning is slow [srv-0042]",
                 }
             ],
-        )
-    )
+            **timed(22, 68_000),
+        ),
+    ]
     add(engine, [failed, run_row(OK_ID)], steps)
 
 
@@ -129,6 +145,17 @@ def test_runs_json_is_an_array_with_stable_keys(db: str) -> None:
     assert [run["run_id"] for run in data] == [FAILED_ID, OK_ID]
     assert list(data[0])[:4] == ["run_id", "workflow_name", "workflow_id", "status"]
     assert data[0]["started_at"] == "2026-11-01T13:00:00.000000Z"
+
+
+def test_runs_json_carries_the_same_facts_as_the_table(db: str) -> None:
+    """Each run of --json is a row of the table: id, status, progress, step and error."""
+    table = invoke("runs", "--db", db).output.splitlines()
+    for run in json.loads(invoke("runs", "--db", db, "--json").stdout):
+        row = next(line for line in table if run["run_id"][:8] in line)
+        progress = f"{run['steps_completed']}/{run['total_steps']}"
+        error = (run["error_message"] or "").split("failed: ")[-1]
+        facts = (run["status"], progress, run["current_step"] or "", error)
+        assert all(fact in row for fact in facts)
 
 
 def test_runs_status_filter(db: str) -> None:
@@ -209,6 +236,51 @@ def test_show_failed_run_prints_error_stack_trace_and_logs(db: str) -> None:
     assert "WARNING flowtel.demo: commissioning is slow [srv-0042]" in result.output
 
 
+def test_show_waterfall_marks_retries_and_skipped_steps(db: str) -> None:
+    """Each attempt has its own row, retries marked ↻ and skipped steps ○, bars to scale."""
+    lines = invoke("show", FAILED_ID, "--db", db).output.splitlines()
+
+    def bar(word: str) -> tuple[int, int]:
+        line = next(line for line in lines if word in line and "█" in line)
+        return line.index("█"), line.count("█")  # where the bar starts, how long it is
+
+    assert "○" in next(line for line in lines if " skipped " in line)
+    first, retry, second, failing = (
+        bar("select_machine"),
+        bar("retrying"),
+        bar("↻2"),
+        bar("failed "),
+    )
+    assert first[0] < retry[0] < second[0] < failing[0]  # each starts later
+    assert first[1] < retry[1] == second[1] < failing[1]  # 2 s, 10 s, 10 s, 68 s of 90 s
+
+
+def test_show_prints_the_trace_link(db: str) -> None:
+    """The trace link from metadata.trace.url is in the header and after the failure."""
+    assert invoke("show", FAILED_ID, "--db", db).output.count(TRACE_URL) == 2
+
+
+def test_show_json_carries_the_same_facts_as_the_table(db: str) -> None:
+    """Everything the failure section prints is in --json, and the other way round."""
+    table = invoke("show", FAILED_ID, "--db", db).output
+    data = json.loads(invoke("show", FAILED_ID, "--db", db, "--json").stdout)
+    failed = data["failed_step"]
+    facts = [
+        data["run_id"], data["workflow_id"], data["status"], data["trace_url"], data["host"],
+        failed["step_name"], failed["error_type"], failed["error_message"],
+        *failed["error_stacktrace"].splitlines(), failed["logs"][0]["message"],
+        *(f"{k}  " for k in data["metadata"]["context_data"]),
+    ]  # fmt: skip
+    assert [fact for fact in facts if str(fact) not in table] == []
+
+
+def test_runs_device_type_filter(db: str) -> None:
+    """--device-type keeps only runs about that device type."""
+    data = json.loads(invoke("runs", "--db", db, "--device-type", "s2_c2_small", "--json").stdout)
+    assert len(data) == 2
+    assert json.loads(invoke("runs", "--db", db, "--device-type", "none", "--json").stdout) == []
+
+
 def test_show_by_workflow_id_notes_the_other_runs(tmp_path: Path) -> None:
     """A workflow id shows its latest run and how many other runs it has."""
     url = f"sqlite:///{tmp_path / 'reruns.db'}"
@@ -223,7 +295,8 @@ def test_show_by_workflow_id_notes_the_other_runs(tmp_path: Path) -> None:
 def test_show_json_parses_with_steps(db: str) -> None:
     """show --json prints the run with its steps in order."""
     data = json.loads(invoke("show", FAILED_ID, "--db", db, "--json").stdout)
-    assert (data["run_id"], [s["step_index"] for s in data["steps"]]) == (FAILED_ID, [1, 2, 3, 4])
+    steps = [(s["step_index"], s["attempt"]) for s in data["steps"]]
+    assert (data["run_id"], steps) == (FAILED_ID, [(1, 1), (2, 1), (3, 1), (3, 2), (4, 1)])
 
 
 def test_show_unknown_run_exits_1_with_a_suggestion(db: str) -> None:
@@ -255,7 +328,7 @@ def test_show_on_missing_database_exits_1(tmp_path: Path) -> None:
     assert (result.exit_code, "flowtel demo" in result.output) == (1, True)
 
 
-@pytest.mark.parametrize("command", [["runs"], ["show", "abcd1234"]])
+@pytest.mark.parametrize("command", [["runs"], ["show", "abcd1234"], ["stats"], ["tail"]])
 def test_unreachable_database_exits_2_without_the_password(command: list[str]) -> None:
     """A database that refuses connections is one masked-URL line and exit status 2."""
     result = invoke(*command, "--db", UNREACHABLE)
@@ -309,14 +382,23 @@ def test_demo_records_the_requested_runs(tmp_path: Path) -> None:
     assert {run["total_steps"] for run in runs} == {23}
 
 
-def test_demo_failed_runs_can_be_shown_with_their_stack_trace(tmp_path: Path) -> None:
-    """Every run fails at failure rate 1, and show prints the recorded stack trace."""
+def test_demo_failed_run_shows_step_error_stack_trace_and_log_line(tmp_path: Path) -> None:
+    """On the demo's database, show prints the failing step, the exception type and message,
+    the stack trace and the warning the step logged (stdlib logging → the step row's logs)."""
     url = f"sqlite:///{tmp_path / 'x.db'}"
     summary = demo_json("--runs", "3", "--failure-rate", "1", "--db", url)
     assert summary["failed"] == 3
-    result = invoke("show", summary["failed_run_ids"][0], "--db", url)
-    assert "Traceback (most recent call last)" in result.output
-    assert "[REDACTED]" in result.output
+    run_id = summary["failed_run_ids"][0]
+    output = invoke("show", run_id, "--db", url).output
+    failed = json.loads(invoke("show", run_id, "--db", url, "--json").stdout)["failed_step"]
+    assert f"step {failed['step_index']} {failed['step_name']} (attempt" in output
+    short_type = failed["error_type"].rsplit(".", 1)[-1]
+    assert f"{failed['error_type']}: {failed['error_message']}" in output
+    assert f"{short_type}: {failed['error_message']}" in failed["error_stacktrace"]
+    assert "Traceback (most recent call last)" in output
+    assert [line["severity"] for line in failed["logs"]] == ["warning"]
+    assert f"WARNING flowtel.demo: {failed['step_name']} failed on" in output
+    assert "[REDACTED]" in output
 
 
 def test_demo_on_unreachable_database_exits_2(tmp_path: Path) -> None:

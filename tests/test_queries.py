@@ -325,3 +325,63 @@ def test_lookup_is_case_sensitive_on_every_database(engine: Engine, store: Histo
     for ref in ("ABCD-1111", "ABCD"):
         with pytest.raises(RunNotFoundError):
             store.get_run(ref)
+
+
+def test_list_runs_filters_by_device_type(engine: Engine, store: HistoryStore) -> None:
+    """Only runs about the given device type are listed."""
+    add(engine, [run_row("aaaa-1"), run_row("bbbb-2", device_type="g1_c4_gpu")])
+    assert [r.run_id for r in store.list_runs(device_type="g1_c4_gpu")] == ["bbbb-2"]
+
+
+def test_runs_without_a_start_time_come_last(engine: Engine, store: HistoryStore) -> None:
+    """Old-system rows without started_at follow the others, and a time window drops them."""
+    add(engine, [run_row("undated", started_at=None), run_row("dated")])
+    assert [r.run_id for r in store.list_runs()] == ["dated", "undated"]
+    assert [r.run_id for r in store.list_runs(since=T0)] == ["dated"]
+    assert [r.run_id for r in store.list_runs(limit=1)] == ["dated"]
+
+
+def test_get_run_prefix_falls_back_to_like(tmp_path: Any) -> None:
+    """A prefix whose range cannot be bounded (last code point) is still found by LIKE."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'edge.db'}")
+    create_schema(engine)
+    add(engine, [run_row("abcd\U0010ffff-1")])
+    try:
+        assert HistoryStore(engine).get_run("abcd\U0010ffff").run_id == "abcd\U0010ffff-1"
+    finally:
+        engine.dispose()
+
+
+def test_get_run_redacts_what_other_writers_left_in_clear(
+    engine: Engine, store: HistoryStore
+) -> None:
+    """Secrets in the context, messages and log lines of a row are masked on the way out."""
+    url = "postgresql://admin:hunter2@db/x"
+    add(
+        engine,
+        [run_row("aaaa-1", error_message=f"cannot reach {url}",
+                 metadata={"context_data": {"bmc_password": "hunter2", "site": "fra1"}})],
+        [step_row("aaaa-1", 1, "select_machine", status="failed", error_message=f"{url} down",
+                  logs=[{"message": f"retrying {url}"}])],
+    )  # fmt: skip
+    detail = store.get_run("aaaa-1")
+    assert detail.context == {"bmc_password": "[REDACTED]", "site": "fra1"}
+    assert "hunter2" not in json.dumps(detail.to_json())
+
+
+def test_detail_json_adds_trace_url_and_failed_step(engine: Engine, store: HistoryStore) -> None:
+    """to_json ends with the trace link and the failing attempt (null when none)."""
+    trace = {"trace_id": "0af7", "url": "https://jaeger.example/trace/0af7"}
+    add(
+        engine,
+        [run_row("aaaa-1", status="failed", metadata={"trace": trace}), run_row("bbbb-2")],
+        [step_row("aaaa-1", 2, "verify_ipmi_reachable", status="failed", error_type="OSError")],
+    )
+    data = store.get_run("aaaa-1").to_json()
+    assert list(data)[-2:] == ["trace_url", "failed_step"]
+    assert data["trace_url"] == "https://jaeger.example/trace/0af7"
+    assert (data["failed_step"]["step_name"], data["failed_step"]["error_type"]) == (
+        "verify_ipmi_reachable",
+        "OSError",
+    )
+    assert store.get_run("bbbb-2").to_json()["failed_step"] is None

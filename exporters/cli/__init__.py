@@ -2,7 +2,8 @@
 
 :data:`main` is the click group behind the ``flowtel`` console script (and
 ``python -m exporters.cli``). Each command lives in its own module: ``demo`` in
-:mod:`exporters.cli.demo`, ``runs`` and ``show`` in :mod:`exporters.cli.history`. Database
+:mod:`exporters.cli.demo`, ``runs`` and ``show`` in :mod:`exporters.cli.history`, ``stats`` in
+:mod:`exporters.cli.stats`, ``tail`` in :mod:`exporters.cli.tail`. Database
 problems end with one line naming the database (password masked) and exit status 2; an unknown
 run ends with exit status 1.
 """
@@ -13,8 +14,13 @@ import click
 
 from instrumentation import __version__
 
+from .db import db
 from .demo import demo
 from .history import runs, show
+from .reap import reap
+from .spool import spool
+from .stats import stats
+from .tail import tail
 
 __all__ = ["main"]
 
@@ -25,6 +31,11 @@ def main() -> None:
     """flowtel: workflow runs recorded as SQL history and OpenTelemetry traces."""
 
 
+main.add_command(db)
 main.add_command(demo)
+main.add_command(reap)
 main.add_command(runs)
 main.add_command(show)
+main.add_command(spool)
+main.add_command(stats)
+main.add_command(tail)

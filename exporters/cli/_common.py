@@ -29,6 +29,7 @@ from ..database import DatabaseURLError, display_url, resolve_database_url
 from ..queries import HistoryStore
 
 __all__ = [
+    "NOTHING_RECORDED",
     "DatabaseUnavailable",
     "When",
     "database_errors",
@@ -44,6 +45,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _PIPED_WIDTH = 200
+
+NOTHING_RECORDED = "No runs recorded yet. Record some with: flowtel demo"
+"""What reading commands say about a database with no history in it."""
 
 
 class DatabaseUnavailable(click.ClickException):

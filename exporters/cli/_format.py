@@ -1,23 +1,33 @@
-"""Small text formatters for the command line: times, durations, statuses, truncation.
+"""Small text formatters for the command line: times, durations, statuses, bars and waterfalls.
 
 Everything user data passes through :class:`rich.text.Text` rather than console markup, so a
 value such as ``[REDACTED]`` or a stack trace with brackets prints exactly as stored.
+:func:`waterfall_bar` draws one step attempt on a time axis shared by the whole run, so the
+bars of a run's steps line up to scale; :func:`progress_bar` draws ``17/23`` as a bar.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
 from rich.text import Text
 
 __all__ = [
     "STATUS_STYLES",
+    "fit_widths",
+    "fmt_age",
     "fmt_duration",
+    "fmt_rate",
     "fmt_time",
+    "log_line",
+    "progress_bar",
     "run_duration_ms",
     "status_text",
     "text",
     "truncate",
+    "waterfall_bar",
 ]
 
 STATUS_STYLES = {
@@ -49,11 +59,24 @@ def fmt_duration(ms: int | float | None) -> str:
     seconds = ms / 1000
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m {secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
+
+
+def fmt_age(since: dt.datetime | None, now: dt.datetime) -> str:
+    """How long ago *since* was, as ``12s``, ``3m 04s`` or ``1h 02m`` (whole seconds)."""
+    if since is None:
+        return ""
+    seconds = max(0, int((now - since).total_seconds()))
+    return fmt_duration(seconds * 1000) if seconds >= 60 else f"{seconds}s"
+
+
+def fmt_rate(rate: float | None) -> str:
+    """A fraction as a percentage with one decimal (``91.3%``), or ``-`` when unknown."""
+    return "-" if rate is None else f"{rate * 100:.1f}%"
 
 
 def run_duration_ms(
@@ -84,3 +107,63 @@ def status_text(status: str) -> Text:
 def text(value: object, style: str = "") -> Text:
     """*value* as literal text (never parsed as console markup)."""
     return Text("" if value is None else str(value), style=style)
+
+
+def progress_bar(done: int, total: int, width: int = 10) -> Text:
+    """``███░░░░░░░ 3/23``: *done* of *total* as a bar of *width* cells and a count."""
+    filled = min(width, round(width * done / total)) if total > 0 else 0
+    bar = Text("█" * filled, style="green")
+    bar.append("░" * (width - filled), style="dim")
+    bar.append(f" {done}/{total}")
+    return bar
+
+
+def waterfall_bar(
+    start_ms: float, end_ms: float | None, total_ms: float, width: int, status: str
+) -> Text:
+    """One step attempt on a run's time axis of *width* cells spanning *total_ms*.
+
+    The bar starts at *start_ms* and ends at *end_ms* (both from the run's start); a skipped
+    step is a ``○`` at its start, an attempt still open (*end_ms* ``None``) ends in ``▶``.
+    Every attempt gets at least one cell, so short steps stay visible.
+    """
+    if total_ms <= 0 or width < 1:
+        return Text("")
+    scale = width / total_ms
+    first = min(width - 1, max(0, round(start_ms * scale)))
+    style = STATUS_STYLES.get(status, "")
+    bar = Text(" " * first)
+    if status == "skipped":
+        bar.append("○", style="dim")
+    elif end_ms is None:
+        bar.append("█" * max(0, width - 1 - first) + "▶", style=style)
+    else:
+        bar.append("█" * max(1, round((end_ms - start_ms) * scale)), style=style)
+    bar.truncate(width)
+    bar.pad_right(width - bar.cell_len)
+    return bar
+
+
+def fit_widths(widths: list[int], flexible: Sequence[int], available: int) -> list[int]:
+    """Column widths that fit *available* cells, narrowing the widest *flexible* column first.
+
+    Flexible columns keep at least 6 cells; the others keep their width whatever happens.
+    """
+    fitted = list(widths)
+    for _ in range(max(0, sum(fitted) - available)):
+        widest = max(flexible, key=lambda i: fitted[i])
+        if fitted[widest] <= 6:
+            break
+        fitted[widest] -= 1
+    return fitted
+
+
+def log_line(entry: Any) -> Text:
+    """``<at> <SEVERITY> <logger>: <message>`` from one stored log line, styled by severity."""
+    if not isinstance(entry, dict):
+        return text(entry)
+    severity = str(entry.get("severity") or "").upper()
+    head = " ".join(str(v) for v in (entry.get("at"), severity, entry.get("logger")) if v)
+    message = str(entry.get("message") or "")
+    style = "red" if severity in ("ERROR", "CRITICAL") else "yellow" if severity else ""
+    return text(f"{head}: {message}" if head else message, style)

@@ -1,10 +1,11 @@
 """``flowtel runs`` and ``flowtel show``: read the recorded history back.
 
-``runs`` lists runs newest first with filters (status, workflow, workflow id, server, time
-window) as a table or, with ``--json``, as a JSON array with stable keys. ``show`` resolves a run
-id, a unique run-id prefix or a workflow id (its latest run) and prints the header, the redacted
-context, the steps with a waterfall, and for a failed run the failing step's error, stack trace
-and log lines. An unknown run exits with status 1 and suggests the closest id.
+``runs`` lists runs newest first with filters (status, workflow, workflow id, server, device
+type, time window) as a table or, with ``--json``, as a JSON array with stable keys. ``show``
+resolves a run id, a unique run-id prefix or a workflow id (its latest run) and prints the
+header with the trace link, the redacted context, every step attempt on a waterfall drawn to
+scale, and for a failed run the failing step's error, stack trace and log lines. An unknown run
+exits with status 1 and suggests the closest id.
 """
 
 from __future__ import annotations
@@ -22,18 +23,27 @@ from rich.text import Text
 from instrumentation import RunStatus
 
 from ..queries import AmbiguousRunError, RunDetail, RunNotFoundError, RunSummary, StepRecord
-from ._common import When, db_option, echo_json, history_store, make_console
-from ._format import fmt_duration, fmt_time, run_duration_ms, status_text, text, truncate
+from ._common import NOTHING_RECORDED, When, db_option, echo_json, history_store, make_console
+from ._format import (
+    fmt_duration,
+    fmt_time,
+    log_line,
+    run_duration_ms,
+    status_text,
+    text,
+    truncate,
+    waterfall_bar,
+)
 
 __all__ = ["runs", "show"]
 
-_WATERFALL_WIDTH = 24
 _STEP_FAILED = re.compile(r"^step '[^']*' failed: ")  # the step is in its own column
-_NOTHING_RECORDED = "No runs recorded yet. Record some with: flowtel demo"
 _RUN_COLUMNS = (
     "run", "workflow", "workflow id", "status", "started (UTC)", "duration", "steps", "step"
 )  # fmt: skip
 _NEVER_SQUEEZED = ("run", "status", "steps")  # keep their width on a narrow terminal
+_STEP_COLUMNS = (("#", True, 2), ("step", False, 20), ("try", True, 3), ("status", False, 9),
+                 ("duration", True, 8))  # fmt: skip
 
 
 @click.command()
@@ -44,6 +54,7 @@ _NEVER_SQUEEZED = ("run", "status", "steps")  # keep their width on a narrow ter
 @click.option("--workflow", metavar="NAME", help="Only runs of this workflow name.")
 @click.option("--workflow-id", metavar="ID", help="Only runs of this logical workflow id.")
 @click.option("--server", "server_id", metavar="ID", help="Only runs about this server id.")
+@click.option("--device-type", metavar="TYPE", help="Only runs about this device type.")
 @click.option("--since", type=When(), help="Started at or after: 30m, 24h, 7d or 2026-11-01.")
 @click.option("--until", type=When(), help="Started before: 30m, 24h, 7d or 2026-11-01.")
 @click.option(
@@ -56,17 +67,22 @@ def runs(
     workflow: str | None,
     workflow_id: str | None,
     server_id: str | None,
+    device_type: str | None,
     since: dt.datetime | None,
     until: dt.datetime | None,
     limit: int,
     as_json: bool,
 ) -> None:
-    """List recorded workflow runs, newest first."""
+    """List recorded workflow runs, newest first.
+
+    The step column is the step running now, or for a failed run the step that failed.
+    """
     filters: dict[str, Any] = {
         "status": status,
         "workflow": workflow,
         "workflow_id": workflow_id,
         "server_id": server_id,
+        "device_type": device_type,
         "since": since,
         "until": until,
     }
@@ -79,7 +95,7 @@ def runs(
     if not found:
         filtered = any(value is not None for value in filters.values())
         console.print(
-            "No runs match these filters." if filtered and store is not None else _NOTHING_RECORDED
+            "No runs match these filters." if filtered and store is not None else NOTHING_RECORDED
         )
         return
     console.print(_runs_table(found, console.width))
@@ -97,7 +113,7 @@ def _run_cells(run: RunSummary) -> list[Text]:
         text(fmt_time(run.started_at)),
         text(fmt_duration(ms) + ("…" if still_open else "")),
         text(f"{run.steps_completed}/{run.total_steps}"),
-        text(run.current_step),
+        text(run.current_step, "red" if run.status == "failed" else ""),
     ]
 
 
@@ -130,7 +146,7 @@ def show(run_ref: str, db: str | None, as_json: bool) -> None:
     """Show one run: RUN is a run id, a unique run-id prefix or a workflow id (latest run)."""
     with history_store(db) as store:
         if store is None:
-            raise click.ClickException(f"no run found for {run_ref!r}: {_NOTHING_RECORDED}")
+            raise click.ClickException(f"no run found for {run_ref!r}: {NOTHING_RECORDED}")
         try:
             detail = store.get_run(run_ref)
         except (RunNotFoundError, AmbiguousRunError) as exc:
@@ -139,40 +155,41 @@ def show(run_ref: str, db: str | None, as_json: bool) -> None:
         echo_json(detail.to_json())
         return
     console = make_console()
-    _print_header(console, detail)
+    now = dt.datetime.now(dt.UTC)
+    _print_header(console, detail, now)
     if detail.context:
         context = Table.grid(padding=(0, 2))
         for key, value in detail.context.items():
             context.add_row(text(key, "bold"), text(value))
         console.print(Group(Text("\nContext", style="bold underline"), context))
     if detail.steps:
-        console.print(Text("\nSteps", style="bold underline"))
-        console.print(_steps_table(detail))
+        console.print(_steps_table(detail, now, console.width))
     if detail.status == "failed":
         _print_failure(console, detail)
 
 
-def _print_header(console: Console, detail: RunDetail) -> None:
-    ms, still_open = run_duration_ms(detail.duration_ms, detail.started_at)
-    trace = detail.metadata.get("trace")
-    trace_url = (trace.get("url") or trace.get("link")) if isinstance(trace, dict) else None
+def _print_header(console: Console, detail: RunDetail, now: dt.datetime) -> None:
+    ms, still_open = run_duration_ms(detail.duration_ms, detail.started_at, now)
     workflow_id = detail.workflow_id
     if detail.other_runs:
         plural = "s" if detail.other_runs > 1 else ""
         others = f"flowtel runs --workflow-id {detail.workflow_id}"
         workflow_id += f"  ({detail.other_runs} other run{plural}: {others})"
+    error = _STEP_FAILED.sub("", detail.error_message or "") or detail.error_type or ""
+    failed = detail.status == "failed"
     rows: list[tuple[str, Text]] = [
         ("run id", text(detail.run_id)),
         ("workflow id", text(workflow_id)),
         ("status", status_text(detail.status)),
+        ("error", text(error, "red")),
         ("progress", text(f"{detail.steps_completed}/{detail.total_steps} steps")),
-        ("current step", text(detail.current_step)),
+        ("failed step" if failed else "current step", text(detail.current_step)),
         ("started", text(f"{fmt_time(detail.started_at)} UTC" if detail.started_at else "")),
         ("duration", text(fmt_duration(ms) + (" so far" if still_open else ""))),
         ("host / pid", text(f"{detail.host or '?'} / {detail.pid or '?'}")),
         ("service", text(detail.service_name)),
         ("trace id", text(detail.trace_id)),
-        ("trace", text(trace_url)),
+        ("trace", text(detail.trace_url, "underline")),
         ("parent run", text(detail.parent_run_id)),
     ]
     grid = Table.grid(padding=(0, 2))
@@ -183,67 +200,82 @@ def _print_header(console: Console, detail: RunDetail) -> None:
     console.print(Group(title, grid))
 
 
-def _waterfall(step: StepRecord, start: dt.datetime | None, total_ms: float) -> Text:
-    if start is None or step.started_at is None or total_ms <= 0:
-        return Text("")
-    offset_ms = (step.started_at - start).total_seconds() * 1000
-    offset = min(_WATERFALL_WIDTH - 1, max(0, int(offset_ms / total_ms * _WATERFALL_WIDTH)))
-    length = max(1, round((step.duration_ms or 0) / total_ms * _WATERFALL_WIDTH))
-    length = min(length, _WATERFALL_WIDTH - offset)
-    bar = Text(" " * offset)
-    bar.append("█" * length, style=status_text(step.status).style)
-    return bar
+def _axis(detail: RunDetail, now: dt.datetime) -> tuple[dt.datetime | None, float]:
+    """The time axis of the waterfall: its start and its length in milliseconds.
+
+    It spans the run and every attempt (rows from other writers may disagree a little); a run
+    still in progress extends to now.
+    """
+    starts = [s.started_at for s in detail.steps if s.started_at is not None]
+    ends = [s.completed_at or s.started_at for s in detail.steps]
+    ends += [detail.completed_at, now if detail.status in ("running", "pending") else None]
+    starts += [detail.started_at] if detail.started_at else []
+    known_ends = [end for end in ends if end is not None]
+    if not starts or not known_ends:
+        return None, 0.0
+    start = min(starts)
+    return start, max(0.0, (max(known_ends) - start).total_seconds() * 1000)
 
 
-def _steps_table(detail: RunDetail) -> Table:
-    ends = [s.completed_at for s in detail.steps if s.completed_at is not None]
-    end = detail.completed_at or (max(ends) if ends else None)
-    start = detail.started_at
-    total_ms = (end - start).total_seconds() * 1000 if start and end else 0.0
-    table = Table()
-    table.add_column("#", justify="right")
-    table.add_column("step", no_wrap=True)
-    table.add_column("try", justify="right")
-    table.add_column("status", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("timeline", no_wrap=True, min_width=_WATERFALL_WIDTH)
+def _steps_table(detail: RunDetail, now: dt.datetime, console_width: int) -> Table:
+    start, total_ms = _axis(detail, now)
+    width = max(16, min(50, console_width - 125))
+    title = f"Steps — timeline 0 → {fmt_duration(total_ms)}" if total_ms else "Steps"
+    table = Table(
+        box=box.SIMPLE_HEAD, title=title, title_justify="left", title_style="bold underline"
+    )
+    for header, right, min_width in _STEP_COLUMNS:
+        table.add_column(
+            header, justify="right" if right else "left", no_wrap=True, min_width=min_width
+        )
+    table.add_column("timeline", no_wrap=True, min_width=width, max_width=width)
     table.add_column("message", no_wrap=True, overflow="ellipsis")
     for step in detail.steps:
+        bar = Text("")
+        if start is not None and step.started_at is not None:
+            begin = (step.started_at - start).total_seconds() * 1000
+            open_ = step.status == "running" and step.completed_at is None
+            end = None if open_ else begin + (step.duration_ms or 0)
+            bar = waterfall_bar(begin, end, total_ms, width, step.status)
         table.add_row(
             text(step.step_index),
             text(step.step_name),
-            text(step.attempt),
+            text(
+                f"↻{step.attempt}" if step.attempt > 1 else step.attempt,
+                "yellow" * (step.attempt > 1),
+            ),
             status_text(step.status),
-            text(fmt_duration(step.duration_ms)),
-            _waterfall(step, start, total_ms),
-            text(truncate(step.message, 80)),
+            text(_step_duration(step, now)),
+            bar,
+            text(truncate(step.error_message or step.message, 80)),
         )
     return table
+
+
+def _step_duration(step: StepRecord, now: dt.datetime) -> str:
+    """The attempt's duration; for one still running, the time so far with an ellipsis."""
+    if step.status != "running" or step.completed_at is not None:
+        return fmt_duration(step.duration_ms)
+    ms, still_open = run_duration_ms(step.duration_ms, step.started_at, now)
+    return fmt_duration(ms) + ("…" if still_open else "")
 
 
 def _print_failure(console: Console, detail: RunDetail) -> None:
     step = detail.failed_step
     console.print(Text("\nFailure", style="bold underline red"))
     if step is None:
-        console.print(text(f"{detail.error_type or 'error'}: {detail.error_message or ''}"))
-        return
-    where = f"step {step.step_index} {step.step_name} (attempt {step.attempt})"
-    console.print(text(where, "bold"))
-    error = f"{step.error_type or detail.error_type or 'error'}: "
-    console.print(text(error + (step.error_message or step.message or ""), "red"))
-    if step.error_stacktrace:
-        console.print(Text("\nStack trace", style="bold"))
-        console.print(text(step.error_stacktrace.rstrip()))
-    if isinstance(step.logs, list) and step.logs:
-        console.print(Text("\nLog lines", style="bold"))
-        for entry in step.logs:
-            console.print(text(_log_line(entry)))
-
-
-def _log_line(entry: Any) -> str:
-    """``<at> <severity> <logger>: <message>`` from one stored log line."""
-    if not isinstance(entry, dict):
-        return str(entry)
-    head = " ".join(str(entry[key]) for key in ("at", "severity", "logger") if entry.get(key))
-    message = str(entry.get("message") or "")
-    return f"{head}: {message}" if head else message
+        console.print(text(f"{detail.error_type or 'error'}: {detail.error_message or ''}", "red"))
+    else:
+        where = f"step {step.step_index} {step.step_name} (attempt {step.attempt})"
+        console.print(text(where, "bold"))
+        error = f"{step.error_type or detail.error_type or 'error'}: "
+        console.print(text(error + (step.error_message or step.message or ""), "red"))
+        if step.error_stacktrace:
+            console.print(Text("\nStack trace", style="bold"))
+            console.print(text(step.error_stacktrace.rstrip()))
+        if step.log_lines:
+            console.print(Text("\nLog lines", style="bold"))
+            for entry in step.log_lines:
+                console.print(log_line(entry))
+    if detail.trace_url:
+        console.print(Group(Text("\nTrace", style="bold"), text(detail.trace_url, "underline")))

@@ -1,0 +1,184 @@
+"""``flowtel stats``: how each workflow did over a window, without writing SQL.
+
+For the runs started in the window (``--since 7d`` by default) it prints, per workflow, the
+runs by outcome, the success rate and the p50/p95/max duration of completed runs; the steps that
+failed most with their most common error; every step's attempts, failures, retries and median
+duration; and with ``--by`` the same run figures split by device type, any other column listed
+in :data:`~exporters.stats.BY_COLUMNS` or a key of the runs' context. ``--json`` prints the
+:class:`~exporters.stats.StatsReport` with stable keys instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..records import GroupStats, StatsReport, WorkflowStats
+from ._common import NOTHING_RECORDED, When, db_option, echo_json, history_store, make_console
+from ._format import fmt_duration, fmt_rate, fmt_time, text, truncate
+
+__all__ = ["stats"]
+
+_DEFAULT_SINCE = "7d"
+
+
+@click.command()
+@db_option
+@click.option(
+    "--since",
+    type=When(),
+    default=_DEFAULT_SINCE,
+    show_default=True,
+    help="Runs started at or after: 30m, 24h, 7d or 2026-11-01.",
+)
+@click.option("--until", type=When(), help="Runs started before (default: now).")
+@click.option("--workflow", metavar="NAME", help="Only this workflow name.")
+@click.option(
+    "--by",
+    metavar="KEY",
+    help="Split runs by device_type, server_id, host, ... or any context key (server_ip).",
+)
+@click.option(
+    "--top",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Failing steps listed per workflow.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def stats(
+    db: str | None,
+    since: dt.datetime,
+    until: dt.datetime | None,
+    workflow: str | None,
+    by: str | None,
+    top: int,
+    as_json: bool,
+) -> None:
+    """How each workflow did over a time window.
+
+    Per workflow: runs by outcome, success rate, p50/p95/max duration of completed runs, the
+    steps that failed most with their most common error, and every step's attempts, failures,
+    retries and median duration; with --by, the runs split by a column or context key.
+    """
+    with history_store(db) as store:
+        if store is None:
+            report = None
+        else:
+            try:
+                report = store.stats(since=since, until=until, workflow=workflow, by=by, top=top)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="'--by'") from None
+    if as_json:
+        empty = StatsReport(since, until or dt.datetime.now(dt.UTC), by, [])
+        echo_json((report or empty).to_json())
+        return
+    console = make_console()
+    if report is None:
+        console.print(NOTHING_RECORDED)
+        return
+    window = f"runs started {fmt_time(report.since)} → {fmt_time(report.until)} UTC"
+    if not report.workflows:
+        console.print(f"No {window}; widen the window with --since (e.g. --since 30d).")
+        return
+    console.print(Text(f"Statistics of the {window}", style="dim"))
+    for entry in report.workflows:
+        _print_workflow(console, entry, report)
+
+
+def _print_workflow(console: Console, entry: WorkflowStats, report: StatsReport) -> None:
+    totals = entry.totals
+    headline = Text(f"\n{entry.workflow_name}", style="bold")
+    plural = "" if totals.runs == 1 else "s"
+    headline.append(f"  {totals.runs} run{plural} · {fmt_rate(totals.success_rate)} success", "")
+    headline.append(
+        f" · p50 {fmt_duration(totals.p50_ms) or '-'} · p95 {fmt_duration(totals.p95_ms) or '-'}"
+        f" · max {fmt_duration(totals.max_ms) or '-'}"
+    )
+    console.print(headline)
+    outcomes = Text("  ")
+    for label, count, style in (
+        ("completed", totals.completed, "green"),
+        ("failed", totals.failed, "red"),
+        ("cancelled", totals.cancelled, "magenta"),
+        ("abandoned", totals.abandoned, "red"),
+        ("running", totals.running, "yellow"),
+    ):
+        outcomes.append(f"{label} {count}   ", style if count else "dim")
+    console.print(outcomes)
+    if entry.top_failing_steps:
+        console.print(_failing_table(entry, console.width))
+    if entry.steps:
+        console.print(_steps_table(entry))
+    if report.by is not None and entry.groups:
+        console.print(_groups_table(report.by, entry.groups))
+
+
+def _class_name(error_type: str | None) -> str:
+    """The exception's class without its module (``--json`` keeps the full type)."""
+    return (error_type or "unknown").rsplit(".", 1)[-1]
+
+
+def _failing_table(entry: WorkflowStats, width: int) -> Table:
+    rows = [
+        [
+            text(failing.step_index),
+            text(failing.step_name),
+            text(failing.failures, "red"),
+            text(f"{_class_name(failing.error_type)} ({failing.error_count}/{failing.failures})"),
+        ]
+        for failing in entry.top_failing_steps
+    ]
+    headers = ("#", "step", "failures", "most common error")
+    widths = [max(len(h), *(r[i].cell_len for r in rows)) for i, h in enumerate(headers)]
+    example_width = max(20, width - sum(widths) - 3 * len(headers) - 4)
+    table = Table(box=box.SIMPLE_HEAD, title="Top failing steps", title_justify="left")
+    for header, column_width in zip(headers, widths, strict=True):
+        right = header in ("#", "failures")
+        table.add_column(header, justify="right" if right else "left", min_width=column_width)
+    table.add_column("example", no_wrap=True, overflow="ellipsis", max_width=example_width)
+    for failing, row in zip(entry.top_failing_steps, rows, strict=True):
+        table.add_row(*row, text(truncate(failing.example_message, example_width), "dim"))
+    return table
+
+
+def _steps_table(entry: WorkflowStats) -> Table:
+    sampled = any(step.median_sample < step.completed for step in entry.steps)
+    caption = "medians over a sample of the runs (--json: median_sample)" if sampled else None
+    table = Table(box=box.SIMPLE_HEAD, title="Steps", title_justify="left", caption=caption)
+    for header in ("#", "step", "attempts", "failures", "retries", "skipped", "median"):
+        table.add_column(header, justify="left" if header == "step" else "right", no_wrap=True)
+    for step in entry.steps:
+        table.add_row(
+            text(step.step_index),
+            text(step.step_name),
+            text(step.attempts),
+            text(step.failures, "red" if step.failures else "dim"),
+            text(step.retries, "yellow" if step.retries else "dim"),
+            text(step.skipped, "" if step.skipped else "dim"),
+            text(fmt_duration(step.median_ms) or "-"),
+        )
+    return table
+
+
+def _groups_table(by: str, groups: list[GroupStats]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title=f"By {by}", title_justify="left")
+    table.add_column(by, no_wrap=True)
+    for header in ("runs", "failed", "success", "p50", "p95", "max"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for group in groups:
+        table.add_row(
+            text(group.group),
+            text(group.runs),
+            text(group.failed, "red" if group.failed else "dim"),
+            text(fmt_rate(group.success_rate)),
+            text(fmt_duration(group.p50_ms) or "-"),
+            text(fmt_duration(group.p95_ms) or "-"),
+            text(fmt_duration(group.max_ms) or "-"),
+        )
+    return table

@@ -1,0 +1,145 @@
+"""``flowtel tail``: the live view of the workflows running now, until Ctrl-C.
+
+Every ``--interval`` seconds it reads the ``pending`` and ``running`` runs and redraws one table:
+workflow, ids, the current step, progress as a bar, the run's age and how long ago its row was
+last written (a run whose process died stops advancing it; ``flowtel reap`` marks those).
+On a terminal the frame is redrawn in place with :class:`rich.live.Live`; when the output is a
+pipe or a file each frame is printed after the last. ``--once`` prints one frame and exits.
+Ctrl-C ends the view with exit status 0 and no traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import click
+from rich import box
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ..queries import ActiveRun, HistoryStore
+from ._common import NOTHING_RECORDED, db_option, history_store, make_console
+from ._format import fit_widths, fmt_age, fmt_time, progress_bar, status_text, text
+
+__all__ = ["render_frame", "tail"]
+
+_STALE_AFTER = dt.timedelta(minutes=2)  # no write for this long: shown in red
+_WIDE = 120
+_COLUMNS = (  # (header, shown on a narrow console too)
+    ("run", True), ("workflow", False), ("workflow id", True), ("server", False),
+    ("status", True), ("step", True), ("progress", True), ("age", True), ("last write", True),
+)  # fmt: skip
+
+
+def render_frame(
+    store: HistoryStore,
+    *,
+    workflow: str | None,
+    limit: int,
+    interval: float | None,
+    width: int = 200,
+) -> RenderableType:
+    """One frame: the active runs as a table under a line with the time and the count.
+
+    Args:
+        store: where to read the runs.
+        workflow: only runs of this workflow name.
+        limit: the most runs shown.
+        interval: the refresh interval to mention, or ``None`` for a single frame.
+        width: the console's width; below 120 columns the workflow and server columns go
+            (the workflow id usually names both).
+    """
+    now = dt.datetime.now(dt.UTC)
+    active = store.active_runs(workflow=workflow, limit=limit)
+    heading = Text(f"{len(active)} running", style="bold")
+    heading.append(f" · {fmt_time(now)} UTC", style="dim")
+    if interval is not None:
+        heading.append(f" · every {interval:g}s · Ctrl-C to stop", style="dim")
+    if not active:
+        return Group(heading, Text("No workflow is running.", style="dim"))
+    wide = width >= _WIDE
+    shown = [i for i, (_, narrow) in enumerate(_COLUMNS) if narrow or wide]
+    rows = [[cells[i] for i in shown] for cells in (_cells(run, now) for run in active)]
+    headers = [_COLUMNS[i][0] for i in shown]
+    natural = [max(len(h), *(r[n].cell_len for r in rows)) for n, h in enumerate(headers)]
+    flexible = [n for n, h in enumerate(headers) if h in ("workflow", "workflow id", "step")]
+    widths = fit_widths(natural, flexible, width - 3 * len(headers) - 2)
+    table = Table(box=box.SIMPLE_HEAD)
+    for header, column_width in zip(headers, widths, strict=True):
+        right = header in ("age", "last write")
+        table.add_column(
+            header, justify="right" if right else "left", no_wrap=True, width=column_width
+        )
+    for row in rows:
+        table.add_row(*row)
+    return Group(heading, table)
+
+
+def _cells(run: ActiveRun, now: dt.datetime) -> list[Text]:
+    written = run.updated_at or run.started_at
+    stale = written is not None and now - written > _STALE_AFTER
+    return [
+        text(run.run_id[:8]),
+        text(run.workflow_name),
+        text(run.workflow_id),
+        text(run.server_id),
+        status_text(run.status),
+        text(run.current_step),
+        progress_bar(run.steps_completed, run.total_steps),
+        text(fmt_age(run.started_at, now)),
+        text(fmt_age(written, now) + " ago" if written else "", "red" if stale else "dim"),
+    ]
+
+
+@click.command()
+@db_option
+@click.option("--workflow", metavar="NAME", help="Only runs of this workflow name.")
+@click.option(
+    "--interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Most runs shown."
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+def tail(db: str | None, workflow: str | None, interval: float, limit: int, once: bool) -> None:
+    """Watch the running workflows until Ctrl-C.
+
+    Each run's current step, progress and age, and how long ago its row was last written,
+    refreshed every --interval seconds.
+    """
+    console = make_console()
+    try:
+        with history_store(db) as store:
+            if store is None:
+                console.print(NOTHING_RECORDED)
+                return
+
+            def render(every: float | None) -> RenderableType:
+                return render_frame(
+                    store, workflow=workflow, limit=limit, interval=every, width=console.width
+                )
+
+            if once:
+                console.print(render(None))
+                return
+            frame = render(interval)
+            if not console.is_terminal:
+                while True:  # a pipe or a file: one frame after the other
+                    console.print(frame)
+                    console.file.flush()
+                    time.sleep(interval)
+                    frame = render(interval)
+            with Live(frame, console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    frame = render(interval)
+                    live.update(frame, refresh=True)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a live view ends: exit status 0, no traceback
