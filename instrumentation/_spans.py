@@ -13,7 +13,8 @@ import json
 import traceback
 from collections.abc import Mapping
 from itertools import islice
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
@@ -25,6 +26,7 @@ from .limits import get_limits
 
 __all__ = [
     "CANCELLING",
+    "AsyncScope",
     "context_attributes",
     "error_description",
     "exception_attributes",
@@ -139,3 +141,36 @@ def error_description(exc: BaseException) -> str:
     text = _message(exc)
     name = type(exc).__qualname__
     return clean_message(f"{name}: {text}" if text else name)
+
+
+_T = TypeVar("_T")
+
+
+class AsyncScope(Generic[_T]):
+    """Makes a synchronous ``with`` scope (yielding a ``_T``) usable as ``async with`` too.
+
+    Opening and closing a span never awaits, so the async form runs the sync one; the scope
+    stays bound to the task that entered it through the context variables it sets.
+    """
+
+    def __enter__(self) -> _T:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    async def __aenter__(self) -> _T:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)

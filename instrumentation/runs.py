@@ -22,7 +22,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from . import attributes as attr
 from ._ids import new_run_id
-from ._spans import context_attributes, error_description, get_tracer, is_cancellation, record_error
+from ._spans import (
+    AsyncScope,
+    context_attributes,
+    error_description,
+    get_tracer,
+    is_cancellation,
+    record_error,
+)
 from ._validation import (
     check_name,
     check_names,
@@ -165,7 +172,7 @@ class WorkflowRun:
         )
 
 
-class RunScope:
+class RunScope(AsyncScope[WorkflowRun]):
     """``with``/``async with`` scope of one run; see :func:`workflow_run`."""
 
     def __init__(
@@ -241,17 +248,6 @@ class RunScope:
             _current_run.reset(tokens[1])
             otel_context.detach(tokens[0])  # type: ignore[arg-type]
             run.span.end()
-
-    async def __aenter__(self) -> WorkflowRun:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def workflow_run(

@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import attributes as attr
-from ._spans import error_description, record_error
+from ._spans import AsyncScope, error_description, record_error
 from .attributes import StepStatus
 from .clean import clean_error_type, clean_message
 
@@ -97,7 +97,7 @@ def _clean(message: object) -> str | None:
     return None if message is None else clean_message(message)
 
 
-class StepScope:
+class StepScope(AsyncScope[StepRun]):
     """``with``/``async with`` scope of one step attempt; see ``WorkflowRun.step``."""
 
     __slots__ = ("_attributes", "_name", "_run", "_step", "_token", "_tracer")
@@ -158,14 +158,3 @@ class StepScope:
         finally:
             otel_context.detach(token)  # type: ignore[arg-type]
             step.span.end()
-
-    async def __aenter__(self) -> StepRun:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
