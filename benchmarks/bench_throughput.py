@@ -1,11 +1,21 @@
-"""End-to-end throughput: N 23-step workflows recorded by flowtel vs bare spans, same process.
+"""Comparison 2: end-to-end throughput of 23-step workflows, until every row is committed.
 
-Run: ``python benchmarks/bench_throughput.py [--runs N] [--db URL] [--json out.json]``.
+Per database, three subjects interleaved round by round in one process:
 
-The baseline is the same loop with ``tracer.start_as_current_span`` on a tracer provider with
-no processor. flowtel's figure counts until every run and step row is committed
-(``force_flush``). It also reports how many runs were already committed, by another
-connection, the moment the producing loop ended: the writer must keep pace, not catch up.
+- **flowtel**: N workflows through ``workflow_run``/``run.step`` on a provider with the history
+  processor and an OTLP ``BatchSpanProcessor`` (no-op exporter), timed until ``force_flush``
+  says every run and step row is committed (then checked by counting them);
+- **bare spans**: the same loop with ``tracer.start_as_current_span`` and no processor;
+- **the old way**: the same workflows recorded as the old system did (see
+  :mod:`benchmarks.oldway`): an INSERT, an UPDATE with the metadata JSON after each step and a
+  final UPDATE, each committed on the workflow's thread (SQLite in its default journal mode).
+
+It also reports how many of a round's runs were already committed — counted by another
+connection the moment the producing loop ended — since the writer must keep pace rather than
+catch up at the end.
+
+Standalone: ``python benchmarks/bench_throughput.py [--runs N] [--db URL ...] [--json FILE]``;
+the suite (``python -m benchmarks``) runs it on every configured database.
 """
 
 from __future__ import annotations
@@ -14,104 +24,186 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import sqlalchemy as sa
-from opentelemetry.sdk.trace import TracerProvider
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import (
+    SPANS_PER_WORKFLOW,
+    STEPS,
+    bare_provider,
+    database_url,
+    flowtel_provider,
+    interleave,
+    median,
+    ratio_summary,
+    reset_tables,
+    run_bare_workflows,
+    run_flowtel_workflows,
+    wait_committed,
+)
+from benchmarks.oldway import OldWayRecorder, old_engine
 
-from exporters import WorkflowHistorySpanProcessor, make_engine  # noqa: E402
-from exporters.schema import metadata  # noqa: E402
-from instrumentation import workflow_run  # noqa: E402
-
-STEPS = [f"step_{n:02d}" for n in range(1, 24)]
+GOAL_WF_PER_S = 1000
+GOAL_VS_OLD = 20.0
+GOAL_VS_BARE = 1.3
 
 
-def bare_loop(runs: int) -> float:
-    """Seconds for *runs* workflows of bare SDK spans (no processor)."""
-    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("bench")
+def bare_round(tracer: Any, runs: int) -> float:
+    """Seconds per workflow of bare spans."""
+    started = time.perf_counter()
+    run_bare_workflows(tracer, runs)
+    return (time.perf_counter() - started) / runs
+
+
+def _count(reader: sa.Engine, completed_only: bool) -> tuple[int, int]:
+    with reader.connect() as connection:
+        where = " WHERE status = 'completed'" if completed_only else ""
+        runs = connection.execute(sa.text(f"SELECT count(*) FROM workflow_history{where}"))
+        steps = connection.execute(sa.text("SELECT count(*) FROM workflow_step_history"))
+        return int(runs.scalar_one()), int(steps.scalar_one())
+
+
+def flowtel_round(provider: Any, processor: Any, reader: sa.Engine, runs: int) -> dict[str, Any]:
+    """One timed round of flowtel workflows, from the first span to the last commit."""
+    reset_tables(processor.engine)
+    spooled_before = int(processor.stats.get("rows_spooled") or 0)
+    started = time.perf_counter()
+    run_flowtel_workflows(provider, runs)
+    loop_done = time.perf_counter()
+    committed_at_loop_end, _ = _count(reader, completed_only=True)
+    expected = (runs, runs * len(STEPS))
+    done = wait_committed(processor, lambda: _count(reader, completed_only=True), expected)
+    assert _count(reader, completed_only=True) == expected
+    return {
+        "s_per_wf": (done["at"] - started) / runs,
+        "loop_s_per_wf": (loop_done - started) / runs,
+        "committed_at_loop_end": committed_at_loop_end / runs,
+        "rows_spooled": done["rows_spooled"] - spooled_before,
+    }
+
+
+def old_round(recorder: OldWayRecorder, runs: int, serial: list[int]) -> float:
+    """Seconds per workflow recorded the old way."""
+    recorder.reset()
     started = time.perf_counter()
     for _ in range(runs):
-        with tracer.start_as_current_span("provision_server"):
-            for name in STEPS:
-                with tracer.start_as_current_span(name):
-                    pass
-    return time.perf_counter() - started
+        serial[0] += 1
+        recorder.run_workflow(serial[0])
+    elapsed = (time.perf_counter() - started) / runs
+    assert recorder.committed_runs() == runs
+    return elapsed
 
 
-def flowtel_loop(runs: int, url: str) -> dict[str, Any]:
-    """Seconds for *runs* workflows through flowtel until all rows are committed."""
-    engine = make_engine(url)
-    metadata.drop_all(engine)
-    provider = TracerProvider(shutdown_on_exit=False)
-    processor = WorkflowHistorySpanProcessor(engine)
-    provider.add_span_processor(processor)
-    processor.force_flush(10_000)  # tables created, writer idle
-    started = time.perf_counter()
-    for n in range(runs):
-        with workflow_run(
-            "provision_server",
-            workflow_id=f"provision_srv-{n}",
-            context={"server_id": f"srv-{n}", "device_type": "a1_c5_large"},
-            total_steps=len(STEPS),
-            tracer_provider=provider,
-        ) as run:
-            for name in STEPS:
-                with run.step(name):
-                    pass
-    loop_done = time.perf_counter()
+def measure(
+    url: str, *, rounds: int, runs: int, old_runs: int, old_url: str | None = None
+) -> dict[str, Any]:
+    """Interleaved rounds of bare spans, flowtel and the old way on one database."""
+    backend = sa.make_url(url).get_backend_name()
+    tracer = bare_provider().get_tracer("bench")
+    provider, processor = flowtel_provider(url)
     reader = sa.create_engine(url)
-    with reader.connect() as connection:
-        committed_at_loop_end = connection.execute(
-            sa.text("SELECT count(*) FROM workflow_history WHERE status = 'completed'")
-        ).scalar_one()
-    reader.dispose()
-    assert processor.force_flush(600_000), processor.stats
-    finished = time.perf_counter()
-    with engine.connect() as connection:
-        steps = connection.execute(sa.text("SELECT count(*) FROM workflow_step_history")).scalar()
-    assert steps == runs * len(STEPS), steps
+    if old_url is None and backend == "sqlite":
+        # WAL is a property of the file: the old way gets its own, in the default journal mode
+        old_url = database_url("sqlite", "oldway")
+    recorder = OldWayRecorder(old_engine(old_url or url)) if old_runs else None
+    old_serial = [0]
+    bare_round(tracer, 50)  # warm-up
+    flowtel_round(provider, processor, reader, 50)
+    subjects: dict[str, Any] = {
+        "bare": lambda: bare_round(tracer, runs),
+        "flowtel": lambda: flowtel_round(provider, processor, reader, runs),
+    }
+    if recorder is not None:
+        subjects["old"] = lambda: old_round(recorder, old_runs, old_serial)
+    results = interleave(rounds, subjects)
     stats = processor.stats
     processor.shutdown()
+    reader.dispose()
+    if recorder is not None:
+        recorder.close()
+
+    bare = results["bare"]
+    total = [r["s_per_wf"] for r in results["flowtel"]]
+    loop = [r["loop_s_per_wf"] for r in results["flowtel"]]
+    vs_bare = ratio_summary(total, bare)
+    row: dict[str, Any] = {
+        "database": backend,
+        "rounds": rounds,
+        "workflows_per_round": runs,
+        "bare_wf_per_s": 1 / median(bare),
+        "flowtel_wf_per_s": 1 / median(total),
+        "flowtel_rows_per_s": SPANS_PER_WORKFLOW / median(total),
+        "ratio_vs_bare": vs_bare,
+        "caller_ratio_vs_bare": ratio_summary(loop, bare),
+        "committed_at_loop_end": median(r["committed_at_loop_end"] for r in results["flowtel"]),
+        "rows_spooled_per_round": max(r["rows_spooled"] for r in results["flowtel"]),
+        "writer_batches": stats["batches_written"],
+    }
+    if recorder is not None:
+        old = results["old"]
+        row["old_workflows_per_round"] = old_runs
+        row["old_wf_per_s"] = 1 / median(old)
+        row["speedup_vs_old"] = ratio_summary(old, total)
+    return row
+
+
+def run(
+    backends: list[str], *, quick: bool = False, rounds: int | None = None, runs: int | None = None
+) -> dict[str, Any]:
+    """Measure comparison 2 on every backend in *backends*."""
+    rounds = rounds or (2 if quick else 5)
+    runs = runs or (60 if quick else 2000)
+    old_runs = 6 if quick else 100
+    per_database = {}
+    for backend in backends:
+        url = database_url(backend, "throughput")
+        per_database[backend] = measure(url, rounds=rounds, runs=runs, old_runs=old_runs)
+    met = all(
+        row["speedup_vs_old"]["median"] >= GOAL_VS_OLD
+        and (row["database"] == "mysql" or row["flowtel_wf_per_s"] >= GOAL_WF_PER_S)
+        for row in per_database.values()
+    )
     return {
-        "loop_s": loop_done - started,
-        "total_s": finished - started,
-        "committed_at_loop_end": committed_at_loop_end,
-        "batches": stats["batches_written"],
+        "title": "end-to-end throughput",
+        "goal": (
+            f">= {GOAL_WF_PER_S} wf/s on SQLite WAL and PostgreSQL; >= {GOAL_VS_OLD:g}x the "
+            f"old way; flowtel/bare-span time {GOAL_VS_BARE} (issue 2: < 1.7)"
+        ),
+        "target": GOAL_VS_OLD,
+        "met": met,
+        "databases": per_database,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=2000, help="flowtel workflows per round")
+    parser.add_argument("--old-runs", type=int, default=100, help="old-way workflows per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--db", action="append", help="database URL (repeatable)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    urls = args.db or [f"sqlite:///{tempfile.mkdtemp()}/bench.db"]
+    urls = args.db or [database_url("sqlite", "throughput")]
     results = []
-    bare_loop(200)  # warm-up
     for url in urls:
-        bare = bare_loop(args.runs)
-        measured = flowtel_loop(args.runs, url)
-        row = {
-            "database": sa.make_url(url).get_backend_name(),
-            "runs": args.runs,
-            "bare_wf_per_s": args.runs / bare,
-            "flowtel_wf_per_s": args.runs / measured["total_s"],
-            "ratio_vs_bare": measured["total_s"] / bare,
-            "caller_ratio_vs_bare": measured["loop_s"] / bare,
-            "committed_at_loop_end": measured["committed_at_loop_end"],
-            "batches": measured["batches"],
-        }
+        row = measure(url, rounds=args.rounds, runs=args.runs, old_runs=args.old_runs)
         results.append(row)
+        old = (
+            f" old={row['old_wf_per_s']:.0f} wf/s speedup={row['speedup_vs_old']['median']:.1f}x"
+            if "old_wf_per_s" in row
+            else ""
+        )
         print(
             f"{row['database']:<10} runs={args.runs} bare={row['bare_wf_per_s']:.0f} wf/s "
-            f"flowtel={row['flowtel_wf_per_s']:.0f} wf/s ratio={row['ratio_vs_bare']:.2f} "
-            f"(caller {row['caller_ratio_vs_bare']:.2f}) committed at loop end="
-            f"{row['committed_at_loop_end']}/{args.runs} batches={row['batches']}"
+            f"flowtel={row['flowtel_wf_per_s']:.0f} wf/s "
+            f"ratio={row['ratio_vs_bare']['median']:.2f} "
+            f"(caller {row['caller_ratio_vs_bare']['median']:.2f}){old} committed at loop end="
+            f"{row['committed_at_loop_end']:.0%}"
         )
     if args.json:
         with open(args.json, "w") as handle:

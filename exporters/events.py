@@ -114,56 +114,71 @@ def _attributes(span: Any) -> Any:
 
 
 _RUN_START, _STEP_START, _END = 0, 1, 2
+_RUN_ID, _STEP_NAME = attr.RUN_ID, attr.STEP_NAME
+_STEP_INDEX, _STEP_ATTEMPT = attr.STEP_INDEX, attr.STEP_ATTEMPT
 
 
 def capture_start(span: Any) -> tuple[Any, ...] | None:
-    """On the application's thread: the fields of a started workflow or step span."""
-    attributes = _attributes(span)
-    run_id = attributes.get(attr.RUN_ID)
+    """On the application's thread: the fields of a started workflow or step span.
+
+    The SDK span's private fields are read directly (each public property is a Python call
+    on the caller's thread); any other span object goes through the public API.
+    """
+    try:
+        attributes = span._attributes._dict
+        context = span._context
+        start = span._start_time
+    except AttributeError:
+        attributes, context, start = _attributes(span), span.context, span.start_time
+    run_id = attributes.get(_RUN_ID)
     if run_id is None:
         return None
-    context = span.context
-    step_name = attributes.get(attr.STEP_NAME)
+    step_name = attributes.get(_STEP_NAME)
     if step_name is None:
-        return (
-            _RUN_START,
-            dict(attributes),
-            context.trace_id,
-            context.span_id,
-            context.trace_flags,
-            span.start_time,
-        )
+        return (_RUN_START, dict(attributes), context, start)
     return (
         _STEP_START,
         run_id,
         step_name,
-        attributes.get(attr.STEP_INDEX),
-        attributes.get(attr.STEP_ATTEMPT),
+        attributes.get(_STEP_INDEX),
+        attributes.get(_STEP_ATTEMPT),
         context.span_id,
-        span.start_time,
+        start,
     )
 
 
 def capture_end(span: Any) -> tuple[Any, ...] | None:
-    """On the application's thread: the fields of an ended workflow or step span."""
-    attributes = _attributes(span)
-    if attr.RUN_ID not in attributes:
-        return None
-    context = span.context
-    events = getattr(span, "_events", None)
-    if events is None:
-        events = span.events
-    return (
-        _END,
-        attributes,
-        context.trace_id,
-        context.span_id,
-        context.trace_flags,
-        span.start_time,
-        span.end_time,
-        span.status.description,
-        tuple(events) if events else None,
-    )
+    """On the application's thread: the fields of an ended workflow or step span.
+
+    An ended span's attributes, events, status and (immutable) context no longer change, so
+    the tuple references them and the writer thread reads them out in :func:`decode`.
+    """
+    try:
+        attributes = span._attributes._dict
+        if _RUN_ID not in attributes:
+            return None
+        return (
+            _END,
+            attributes,
+            span._context,
+            span._start_time,
+            span._end_time,
+            span._status,
+            span._events,
+        )
+    except AttributeError:
+        attributes = _attributes(span)
+        if _RUN_ID not in attributes:
+            return None
+        return (
+            _END,
+            attributes,
+            span.context,
+            span.start_time,
+            span.end_time,
+            span.status,
+            span.events,
+        )
 
 
 def decode(raw: tuple[Any, ...]) -> Event:
@@ -175,10 +190,18 @@ def decode(raw: tuple[Any, ...]) -> Event:
             str(run_id), span_id, start_ns, str(name), _int(index, 0), _int(attempt, 1)
         )
     if kind == _RUN_START:
-        _, attributes, trace_id, span_id, flags, start_ns = raw
+        _, attributes, context, start_ns = raw
         run_id = str(attributes[attr.RUN_ID])
-        return RunStart(run_id, trace_id, span_id, int(flags), start_ns, attributes)
-    _, attributes, trace_id, span_id, flags, start_ns, end_ns, description, events = raw
+        return RunStart(
+            run_id,
+            context.trace_id,
+            context.span_id,
+            int(context.trace_flags),
+            start_ns,
+            attributes,
+        )
+    _, attributes, context, start_ns, end_ns, status, events = raw
+    events = tuple(events) if events else None
     run_id = str(attributes[attr.RUN_ID])
     start_ns = start_ns or 0
     end_ns = end_ns or start_ns
@@ -187,18 +210,18 @@ def decode(raw: tuple[Any, ...]) -> Event:
     if step_name is None:
         return RunEnd(
             run_id,
-            trace_id,
-            span_id,
-            int(flags),
+            context.trace_id,
+            context.span_id,
+            int(context.trace_flags),
             start_ns,
             end_ns,
             dict(attributes),
-            description,
+            status.description if status is not None else None,
             error,
         )
     return StepEnd(
         run_id,
-        span_id,
+        context.span_id,
         start_ns,
         end_ns,
         str(step_name),

@@ -1,0 +1,1 @@
+"""flowtel's benchmark suite: ``python -m benchmarks`` (see ``benchmarks/README.md``)."""
