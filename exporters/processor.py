@@ -236,19 +236,20 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             hurry = self._hurry_at is not None and time.monotonic() >= self._hurry_at
             if not waiting and (overloaded or hurry or writer.db.idle):  # one busy thread
                 waiting = self._drain_into(writer, batch * (4 if overloaded else 1))
-                if waiting:
-                    writer.flush_ok = True  # answered False if any of it is spooled
             writer.step(urgent=bool(waiting), spool_only=overloaded, hurry=hurry)
-            if waiting and (writer.settled or hurry):  # in time, whatever is left
-                ok = writer.settled and writer.flush_ok and writer.health.healthy
-                ok = ok and not writer.unreplayed
+            # A flush is answered once its rows are committed — those spooled because the
+            # queue overflowed included: with the database healthy they are replayed first —
+            # or, at the deadline, with whatever is left spooled.
+            replaying = writer.unreplayed and writer.health.healthy
+            if waiting and ((writer.settled and not replaying) or hurry):
+                ok = writer.settled and writer.health.healthy and not writer.unreplayed
                 for marker in waiting:
                     marker.ok = ok
                     marker.done.set()
                 waiting = []
                 if not self._shutdown:
                     self._hurry_at = None
-            writer.maintain(idle=len(queue) < batch and not waiting)
+            writer.maintain(idle=len(queue) < batch and (not waiting or writer.settled))
             if self._stop.is_set() and not queue and not waiting:
                 writer.finish(self._deadline)
                 return

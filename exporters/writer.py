@@ -76,7 +76,6 @@ class HistoryWriter:
         key = spool_key(engine.url)
         self.spool = Spool(spool_directory, key) if spool_directory else None
         self.replayer = Replayer(spool_directory, key) if spool_directory else None
-        self.flush_ok = True
         self.unreplayed = False  # rows this writer spooled that were not replayed yet
         self._create_tables = create_tables
         self._spool_after = spool_after
@@ -218,7 +217,7 @@ class HistoryWriter:
 
         if self.pending.spool(put, with_flight=with_flight):
             self.health.spooled(spool.directory, why, outage=outage)
-            self.flush_ok = self._spool_broken = False
+            self._spool_broken = False
             self.unreplayed = True
 
     # -- between batches -------------------------------------------------------------------

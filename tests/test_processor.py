@@ -99,3 +99,30 @@ def test_spans_after_shutdown_are_ignored(tmp_path: Any, tracer_provider: Tracer
     with workflow_run("provision_server") as run, run.step("s"):
         pass
     assert processor.stats["queue_depth"] == 0
+
+
+def test_overflow_spooled_with_a_healthy_database_is_replayed_before_flush_answers(
+    tmp_path: Any, tracer_provider: TracerProvider
+) -> None:
+    """A burst past the spool threshold is spooled, replayed, and force_flush says True."""
+    processor = WorkflowHistorySpanProcessor(
+        make_engine(f"sqlite:///{tmp_path}/h.db"),
+        spool_dir=str(tmp_path / "spool"),
+        spool_threshold=20,
+    )
+    _SWITCHBOARD.targets.append(processor)
+    for _ in range(100):
+        with workflow_run("provision_server") as run:
+            for name in ("a", "b", "c"):
+                with run.step(name):
+                    pass
+    assert processor.force_flush(20_000) is True, processor.stats
+    stats = processor.stats
+    processor.shutdown(5_000)
+    engine = make_engine(f"sqlite:///{tmp_path}/h.db")
+    with engine.connect() as connection:
+        runs = connection.execute(sa.text("SELECT count(*) FROM workflow_history")).scalar()
+        steps = connection.execute(sa.text("SELECT count(*) FROM workflow_step_history")).scalar()
+    engine.dispose()
+    assert (runs, steps) == (100, 300)
+    assert stats["rows_spooled"] > 0 and stats["rows_replayed"] == stats["rows_spooled"]
