@@ -8,6 +8,7 @@ with the commands to run next, or the same summary as JSON with ``--json``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -93,6 +94,9 @@ def demo(
         finally:
             probe.dispose()
         handle = configure(database_url=db, service_name=_SERVICE_NAME)
+    # The failing steps' warnings are recorded on their step rows (flowtel show prints them);
+    # keep them off the terminal, where they would tear the progress bar.
+    logging.getLogger("flowtel.demo").propagate = False
     try:
         with _progress(runs) as on_progress:
             summary = run_demo(
