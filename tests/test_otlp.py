@@ -240,8 +240,9 @@ def test_shutdown_returns_in_time_with_the_collector_down(
         result = run_child(DOWN_CHILD.replace("sys.argv[1]", repr(url)), env, timeout=60)
     finally:
         hole.close()
-    ok, elapsed = result.stdout.split()
-    assert float(elapsed) < 1.0 + 0.5, result.stderr[-2000:]
+    ok, shutdown_took = result.stdout.split()
+    # a bound, not a speed: the SDK alone blocks 20-30 s here; the 1 s timeout must hold
+    assert float(shutdown_took) < 1.0 + 2.0, result.stderr[-2000:]
     assert ok == "False"  # nothing was exported, and shutdown says so
     engine = sa.create_engine(url)
     with engine.connect() as connection:
