@@ -50,6 +50,7 @@ for n in range({runs}):
                         raise TimeoutError("still Commissioning after 1800 s")
     except TimeoutError:
         pass
+handle.force_flush(timeout_millis=10_000)  # exports the metrics once before shutdown does
 ok = handle.shutdown(timeout_millis=20_000)
 print(json.dumps({{"run_ids": run_ids, "pid": os.getpid(), "ok": ok}}))
 """
