@@ -154,6 +154,7 @@ class Collector:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        time.sleep(0.5)  # let the batch processors hand what they hold to the exporters first
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout)
@@ -167,10 +168,14 @@ class Collector:
         return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
 
     def records(self) -> list[dict[str, Any]]:
-        """Every export request the file exporter wrote (one JSON object per line)."""
-        if not self.out.exists():
-            return []
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+        """Every export request the file exporters wrote (one JSON object per line): traces to
+        ``collector.jsonl``, metrics to ``collector.jsonl.metrics``."""
+        found: list[dict[str, Any]] = []
+        for path in (self.out, self.out.with_name(self.out.name + ".metrics")):
+            if path.exists():
+                lines = path.read_text().splitlines()
+                found.extend(json.loads(line) for line in lines if line.strip())
+        return found
 
     def spans(self, service: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """``(resource attributes, span)`` for every span *service* sent."""
