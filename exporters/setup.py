@@ -98,6 +98,8 @@ class Flowtel:
         """
         deadline = time.monotonic() + self._budget(timeout_millis)
         ok = self.processor.force_flush(int(self._budget(timeout_millis) * 1000))
+        if self.metrics_processor is not None:
+            self.metrics_processor.force_flush()  # queued spans into the instruments first
         calls: list[tuple[Callable[[], Any], str]] = []
         if self.span_export is not None:
             calls.append((self.span_export.force_flush, "span export flush"))
@@ -125,6 +127,8 @@ class Flowtel:
         budget = self._budget(timeout_millis)
         deadline = time.monotonic() + budget
         ok = self.processor.shutdown(int(budget * 1000))
+        if self.metrics_processor is not None:
+            self.metrics_processor.shutdown()  # queued spans into the instruments first
         calls: list[tuple[Callable[[], Any], str]] = []
         if self.span_export is not None:
             calls.append((self.span_export.shutdown, "span export shutdown"))

@@ -31,8 +31,17 @@ class Meters:
     def __init__(self) -> None:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader], shutdown_on_exit=False)
+        self.processors: list[WorkflowMetricsSpanProcessor] = []
+
+    def processor(self) -> WorkflowMetricsSpanProcessor:
+        """A metrics processor on this provider, flushed before every read."""
+        processor = WorkflowMetricsSpanProcessor(self.provider)
+        self.processors.append(processor)
+        return processor
 
     def points(self) -> dict[str, list[Any]]:
+        for processor in self.processors:  # record what they queued off the caller's thread
+            processor.force_flush()
         found: dict[str, list[Any]] = {}
         data = self.reader.get_metrics_data()
         for resource in data.resource_metrics if data else []:
@@ -49,7 +58,7 @@ def unsampled(tmp_path: Path) -> Iterator[tuple[TracerProvider, Meters, History]
     provider = TracerProvider(sampler=AuditSampler(ALWAYS_OFF), shutdown_on_exit=False)
     history = History(f"sqlite:///{tmp_path}/history.db")
     provider.add_span_processor(history.processor)
-    provider.add_span_processor(WorkflowMetricsSpanProcessor(meters.provider))
+    provider.add_span_processor(meters.processor())
     yield provider, meters, history
     history.processor.shutdown(5_000)
 
@@ -94,7 +103,7 @@ def test_runs_steps_and_active_runs_are_counted_when_unsampled(
 
 def test_metrics_processor_ignores_other_spans_and_never_raises() -> None:
     meters = Meters()
-    processor = WorkflowMetricsSpanProcessor(meters.provider)
+    processor = meters.processor()
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(processor)
     with provider.get_tracer("lib").start_as_current_span("GET /"):
