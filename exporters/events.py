@@ -25,6 +25,7 @@ __all__ = [
     "capture_end",
     "capture_start",
     "decode",
+    "span_attributes",
 ]
 
 
@@ -99,7 +100,7 @@ def _int(value: Any, default: int) -> int:
     return value if isinstance(value, int) else default
 
 
-def _attributes(span: Any) -> Any:
+def span_attributes(span: Any) -> Any:
     """The span's attributes as a plain mapping, read without the public property's copies.
 
     ``span.attributes`` wraps the SDK's ``BoundedAttributes`` in a ``MappingProxyType`` whose
@@ -129,7 +130,7 @@ def capture_start(span: Any) -> tuple[Any, ...] | None:
         context = span._context
         start = span._start_time
     except AttributeError:
-        attributes, context, start = _attributes(span), span.context, span.start_time
+        attributes, context, start = span_attributes(span), span.context, span.start_time
     run_id = attributes.get(_RUN_ID)
     if run_id is None:
         return None
@@ -167,7 +168,7 @@ def capture_end(span: Any) -> tuple[Any, ...] | None:
             span._events,
         )
     except AttributeError:
-        attributes = _attributes(span)
+        attributes = span_attributes(span)
         if _RUN_ID not in attributes:
             return None
         return (

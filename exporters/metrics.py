@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from instrumentation import __version__
 from instrumentation import attributes as attr
 
+from .events import span_attributes
 from .otlp import OTLPSettings
 
 __all__ = [
@@ -123,7 +124,7 @@ class WorkflowMetricsSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Queue a started run (steps are measured when they end)."""
         try:
-            attributes = _attributes(span)
+            attributes = span_attributes(span)
             if attr.RUN_ID in attributes and attr.STEP_NAME not in attributes:
                 run_name = attributes.get(attr.RUN_NAME)
                 self._put((True, attributes.get(attr.RUN_ID), run_name, span.name, 0, 0, None))
@@ -133,7 +134,7 @@ class WorkflowMetricsSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         """Queue a finished run or step (its attribute dict is immutable once ended)."""
         try:
-            attributes = _attributes(span)
+            attributes = span_attributes(span)
             if attr.RUN_ID in attributes:
                 run_id, run_name = attributes.get(attr.RUN_ID), attributes.get(attr.RUN_NAME)
                 ended = (False, run_id, run_name, span.name, span.start_time, span.end_time)
@@ -218,12 +219,6 @@ class WorkflowMetricsSpanProcessor(SpanProcessor):
         """Record everything queued so far into the instruments."""
         self._drain()
         return True
-
-
-def _attributes(span: Any) -> Any:
-    bounded = getattr(span, "_attributes", None)
-    plain = getattr(bounded, "_dict", None)
-    return plain if isinstance(plain, dict) else (span.attributes or {})
 
 
 def _restart(ref: weakref.ref[WorkflowMetricsSpanProcessor]) -> None:
