@@ -25,10 +25,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from instrumentation.attributes import RunStatus
 
+from .durations import duration_text
 from .schema import workflow_history
 from .state import HOST
 
-__all__ = ["HEARTBEAT_CHUNK", "ReapedRun", "duration_text", "heartbeat", "reap"]
+__all__ = ["HEARTBEAT_CHUNK", "ReapedRun", "heartbeat", "reap"]
 
 HEARTBEAT_CHUNK = 1_000
 """Run ids per heartbeat statement."""
@@ -70,15 +71,6 @@ class ReapedRun:
         """The run as a JSON-ready dict."""
         seen = self.last_heartbeat.isoformat() if self.last_heartbeat else None
         return {**self.__dict__, "last_heartbeat": seen}
-
-
-def duration_text(delta: dt.timedelta) -> str:
-    """``10m``, ``2h``, ``1d`` or ``90s``: *delta* as ``--older-than`` would take it."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def reap(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,13 +22,11 @@ from instrumentation.attributes import RunStatus
 
 from .schema import workflow_history, workflow_step_history
 
-__all__ = ["ACTIVE_STATUSES", "PruneResult", "parse_age", "prune"]
+__all__ = ["ACTIVE_STATUSES", "PruneResult", "prune"]
 
 ACTIVE_STATUSES: tuple[str, ...] = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 """Statuses of runs that :func:`prune` never deletes."""
 
-_AGE = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _H = workflow_history.c
 _S = workflow_step_history.c
 
@@ -59,20 +56,6 @@ class PruneResult:
         values = dataclasses.asdict(self)
         values["cutoff"] = self.cutoff.isoformat().replace("+00:00", "Z")
         return values
-
-
-def parse_age(text: str) -> dt.timedelta:
-    """Parse an age such as ``90d``, ``12w``, ``36h``, ``30m`` or ``45s``.
-
-    Raises:
-        ValueError: *text* is not a positive number followed by one of ``s m h d w``.
-    """
-    match = _AGE.fullmatch(text.lower())
-    if not match or int(match[1]) == 0:
-        raise ValueError(
-            f"{text!r} is not an age: give a positive number and a unit, e.g. 90d, 12w or 36h"
-        )
-    return dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
 def _eligible(cutoff: dt.datetime, status: str | None) -> list[sa.ColumnElement[bool]]:

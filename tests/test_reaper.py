@@ -8,13 +8,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from opentelemetry.sdk.trace import TracerProvider
 
 from exporters import WorkflowHistorySpanProcessor, create_schema, make_engine
-from exporters.cli.reap import parse_duration
 from exporters.cli.reap import reap as reap_command
 from exporters.reaper import reap
 from exporters.schema import workflow_history
@@ -170,11 +168,3 @@ def test_reap_command(tmp_path: Path) -> None:
     wrong = runner.invoke(reap_command, ["--db", url, "--older-than", "soon"])
     assert wrong.exit_code == 2 and "is not a duration" in wrong.output
     engine.dispose()
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"), [("90s", 90), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1.5", 1.5)]
-)
-def test_durations(text: str, seconds: float) -> None:
-    """The ``--older-than`` forms."""
-    assert parse_duration(text).total_seconds() == seconds

@@ -1,9 +1,10 @@
 """What every ``flowtel`` command shares: the ``--db`` option, database errors, times, output.
 
 A database that cannot be opened or read becomes one line naming the URL with its password
-masked and exit status 2, never a traceback. ``--since``/``--until`` accept a duration back from
-now (``30m``, ``24h``, ``7d``, ``2w``) or an ISO 8601 date or time (UTC unless it says
-otherwise). Tables go through a rich console that is wide enough to read when piped.
+masked and exit status 2, never a traceback. :class:`Duration` (``--older-than``) takes the
+grammar of :mod:`exporters.durations`; :class:`When` (``--since``/``--until``) takes the same
+durations, counted back from now, or an ISO 8601 date or time (UTC unless it says otherwise).
+Tables go through a rich console that is wide enough to read when piped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,11 +26,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from instrumentation.redaction import mask_url_credentials
 
 from ..database import DatabaseURLError, display_url, resolve_database_url
+from ..durations import DURATION_FORMS, parse_duration
 from ..queries import HistoryStore
 
 __all__ = [
     "NOTHING_RECORDED",
     "DatabaseUnavailable",
+    "Duration",
     "When",
     "database_errors",
     "db_option",
@@ -42,8 +44,6 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DURATION = re.compile(r"(\d+)\s*([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _PIPED_WIDTH = 200
 
 NOTHING_RECORDED = "No runs recorded yet. Record some with: flowtel demo"
@@ -115,45 +115,73 @@ def history_store(db: str | None) -> Iterator[HistoryStore | None]:
 
 
 def parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """Parse ``30m``/``24h``/``7d``/``2w`` (before *now*) or an ISO 8601 date/time (UTC default).
+    """Parse an ISO 8601 date or time (UTC unless it has an offset) or a duration before *now*.
+
+    Durations follow :func:`exporters.durations.parse_duration` (``90``, ``30m``, ``1.5h``,
+    ``7d``, ``2w``). An ISO form wins where both could apply: ``20261101`` is 1 November 2026,
+    not 20,261,101 seconds.
 
     Raises:
-        ValueError: *text* is neither.
+        ValueError: *text* is neither, or a duration longer than
+            :data:`~exporters.durations.MAX_DURATION`; the message says what is accepted.
     """
-    now = now or dt.datetime.now(dt.UTC)
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match:
-        return now - dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
-    parsed = dt.datetime.fromisoformat(text.strip())
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        pass
+    else:
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+    try:
+        return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
+    except ValueError as exc:
+        if str(exc).startswith(f"{text!r} is too long"):
+            raise
+        raise ValueError(
+            f"{text!r} is not a time: give an ISO 8601 date or time such as 2026-11-01 or "
+            "2026-11-01T08:00+02:00 (UTC unless it has an offset), or a duration back from "
+            f"now: {DURATION_FORMS}"
+        ) from None
 
 
-if TYPE_CHECKING:
-    _DatetimeParam = click.ParamType[dt.datetime]  # generic only in newer click releases
+if TYPE_CHECKING:  # click.ParamType is generic only in newer click releases
+    _DatetimeParam = click.ParamType[dt.datetime]
+    _TimedeltaParam = click.ParamType[dt.timedelta]
 else:
-    _DatetimeParam = click.ParamType
+    _DatetimeParam = _TimedeltaParam = click.ParamType
 
 
 class When(_DatetimeParam):
-    """A click parameter for :func:`parse_when`."""
+    """A click parameter for :func:`parse_when` (``--since``, ``--until``)."""
 
     name = "when"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> dt.datetime:
-        """Return *value* as a timezone-aware datetime or fail with an example."""
+        """Return *value* as a timezone-aware datetime or fail saying what is accepted."""
         if isinstance(value, dt.datetime):
             return value
         try:
             return parse_when(str(value))
-        except ValueError:
-            self.fail(
-                f"{value!r} is not a time: give a duration back from now such as 30m, 24h or "
-                "7d, or a date such as 2026-11-01 (UTC unless an offset is given)",
-                param,
-                ctx,
-            )
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Duration(_TimedeltaParam):
+    """A click parameter for :func:`exporters.durations.parse_duration` (``--older-than``)."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dt.timedelta:
+        """Return *value* as a positive timedelta or fail saying what is accepted."""
+        if isinstance(value, dt.timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def make_console(*, stderr: bool = False) -> Console:

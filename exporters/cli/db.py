@@ -10,18 +10,18 @@ file. Database errors exit with status 2 and a one-line message with the passwor
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy import inspect
 
 from .. import migrations
 from ..database import display_url, make_engine, resolve_database_url
-from ..retention import parse_age, prune
+from ..retention import prune
 from ..schema import metadata
 from ..schema_check import SchemaDifference, SchemaReport, check_schema
-from ._common import database_errors, db_option, echo_json
+from ._common import Duration, database_errors, db_option, echo_json
 
 __all__ = ["db"]
 
@@ -143,26 +143,13 @@ def check(db: str | None, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-if TYPE_CHECKING:
-    _ParamType = click.ParamType[Any]  # generic only in newer click releases
-else:
-    _ParamType = click.ParamType
-
-
-class _Age(_ParamType):
-    name = "age"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            return parse_age(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 @db.command(name="prune")
 @db_option
 @click.option(
-    "--older-than", required=True, type=_Age(), help="Minimum age of a run: 90d, 12w, 36h."
+    "--older-than",
+    required=True,
+    type=Duration(),
+    help="Minimum age of a run: a duration such as 90d, 12w or 36h.",
 )
 @click.option("--status", help="Only runs with this status (completed, failed ...).")
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
@@ -170,7 +157,7 @@ class _Age(_ParamType):
 @_json_option
 def prune_command(
     db: str | None,
-    older_than: Any,
+    older_than: dt.timedelta,
     status: str | None,
     batch_size: int,
     dry_run: bool,

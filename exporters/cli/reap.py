@@ -4,62 +4,22 @@ A writer refreshes ``updated_at`` of its running runs every few seconds; a proce
 (SIGKILL, OOM, power cut) leaves its runs ``running`` forever. ``reap`` marks those whose
 heartbeat is older than ``--older-than`` as ``abandoned``, with the reason in
 ``metadata.abandoned`` (see :func:`exporters.reaper.reap`); if the process was merely stalled,
-its own terminal write still replaces ``abandoned`` later. Durations: ``90s``, ``10m``, ``2h``,
-``1d``, ``1w`` or plain seconds. A missing database reaps nothing; one that cannot be reached
-ends with exit status 2.
+its own terminal write still replaces ``abandoned`` later. ``--older-than`` takes the duration
+grammar of :mod:`exporters.durations` (``90``, ``30s``, ``10m``, ``1.5h``, ``1d``, ``1w``). A
+missing database reaps nothing; one that cannot be reached ends with exit status 2.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
-from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..reaper import duration_text
+from ..durations import duration_text
 from ..reaper import reap as reap_runs
-from ._common import db_option, echo_json, history_store
+from ._common import Duration, db_option, echo_json, history_store
 
-__all__ = ["Duration", "parse_duration", "reap"]
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """``90s``, ``10m``, ``2h``, ``1d``, ``1w`` or plain seconds, as a timedelta.
-
-    Raises:
-        ValueError: *text* is not one of those.
-    """
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValueError(text)
-    return dt.timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
-
-
-if TYPE_CHECKING:
-    _DurationParam = click.ParamType[dt.timedelta]  # generic only in newer click releases
-else:
-    _DurationParam = click.ParamType
-
-
-class Duration(_DurationParam):
-    """A click parameter for :func:`parse_duration`."""
-
-    name = "duration"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> dt.timedelta:
-        """Return *value* as a timedelta or fail with an example."""
-        if isinstance(value, dt.timedelta):
-            return value
-        try:
-            return parse_duration(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not a duration: give e.g. 90s, 10m, 2h or 1d", param, ctx)
+__all__ = ["reap"]
 
 
 @click.command()
