@@ -3,10 +3,12 @@
 Names and ids become span names, attributes and indexed columns, so they must be non-empty
 strings (names and workflow ids of at most 255 characters, run ids of at most 64: the widths
 of their columns) without control characters, line separators, bidirectional overrides or
-lone surrogates; step positions and counts must fit a 32-bit column. A bad value is rejected
-at the call with ``TypeError``/``ValueError``, before any span exists, rather than stored
-half-broken; a message shows at most a short, redacted excerpt of the value. Names are
-low-cardinality, so each distinct valid one is checked once and then found in a set.
+lone surrogates; a run id must not start with ``legacy-`` (in any case), the prefix of the run
+ids of rows imported from the old system; step positions and counts must fit a 32-bit column.
+A bad value is rejected at the call with ``TypeError``/``ValueError``, before any span exists,
+rather than stored half-broken; a message shows at most a short, redacted excerpt of the
+value. Names are low-cardinality, so each distinct valid one is checked once and then found in
+a set.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "MAX_INT32",
     "MAX_NAME_LENGTH",
     "MAX_RUN_ID_LENGTH",
+    "RESERVED_RUN_ID_PREFIX",
     "check_name",
     "check_names",
     "check_optional_text",
@@ -35,6 +38,8 @@ MAX_NAME_LENGTH = 255
 """Longest name or workflow id (their columns are ``VARCHAR(255)``)."""
 MAX_RUN_ID_LENGTH = 64
 """Longest run id (its columns are ``VARCHAR(64)``)."""
+RESERVED_RUN_ID_PREFIX = "legacy-"
+"""Prefix of the run ids the migration gives imported rows (``legacy-<id>``); never user-given."""
 MAX_INT32 = 2**31 - 1
 """Largest step index, attempt or step count (their columns are 32-bit integers)."""
 
@@ -87,11 +92,22 @@ def check_name(
 def check_run_id(value: Any) -> str:
     """Return *value* if it is a usable run id (a name of at most 64 characters), else raise.
 
+    The check of the reserved prefix ignores case: MariaDB's default collations compare run ids
+    case-insensitively, so ``LEGACY-42`` would overwrite the imported row ``legacy-42`` there.
+
     Raises:
         TypeError: *value* is not a string.
-        ValueError: *value* is blank, too long or holds a forbidden character.
+        ValueError: *value* is blank, too long, holds a forbidden character or starts with
+            :data:`RESERVED_RUN_ID_PREFIX`.
     """
-    return check_name(value, "run_id", max_length=MAX_RUN_ID_LENGTH, remember=False)
+    run_id = check_name(value, "run_id", max_length=MAX_RUN_ID_LENGTH, remember=False)
+    if run_id.lower().startswith(RESERVED_RUN_ID_PREFIX):
+        raise ValueError(
+            f"run_id must not start with {RESERVED_RUN_ID_PREFIX!r}, which is reserved for runs "
+            f"imported from the old workflow_history table: {_shown(value)}; pass another id, "
+            "or none for a random one"
+        )
+    return run_id
 
 
 def check_names(values: Any, what: str) -> tuple[str, ...]:

@@ -280,7 +280,8 @@ def workflow_run(
             continues (and, given its *run_id* too, its history row).
 
     Raises:
-        ValueError: a name or id is empty, too long or holds control characters.
+        ValueError: a name or id is empty, too long or holds control characters, or *run_id*
+            starts with the reserved ``legacy-`` prefix of imported runs.
         TypeError: a name is not a string or *context* is not a mapping.
     """
     return RunScope(

@@ -21,9 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
+from exporters.migrations.backfill import LEGACY_RUN_ID_PREFIX
 from exporters.schema import workflow_history
 from instrumentation import attributes as attr
 from instrumentation import current_run, workflow, workflow_run
+from instrumentation._validation import RESERVED_RUN_ID_PREFIX
 from tests.conftest import History
 
 SQL_TEXT = 'O\'Brien "q" `t` \\ %s %(x)s ? :name $1 -- ; DROP TABLE workflow_history; /* */'
@@ -61,6 +63,13 @@ class Hostile:
         (lambda: workflow_run("a\u202eb"), ValueError, "bidirectional overrides"),
         (lambda: workflow_run("a\ud800b"), ValueError, "lone surrogates"),
         (lambda: workflow_run("w", run_id="r" * 65), ValueError, "the limit is 64"),
+        (
+            lambda: workflow_run("w", run_id="legacy-42"),
+            ValueError,
+            "must not start with 'legacy-'",
+        ),
+        (lambda: workflow_run("w", run_id="LEGACY-42"), ValueError, "reserved for runs imported"),
+        (lambda: workflow_run("w", run_id="Legacy-"), ValueError, "must not start with 'legacy-'"),
         (lambda: workflow_run("w", workflow_id=b"id"), TypeError, "workflow_id must be a string"),  # type: ignore[arg-type]
         (lambda: workflow_run("w", total_steps=2**31), ValueError, "total_steps must be between"),
         (lambda: workflow_run("w", declared_steps="abc"), TypeError, "list of names"),
@@ -72,6 +81,20 @@ def test_bad_arguments_are_rejected_clearly(call: Any, error: type, message: str
     """Each bad argument raises the right error with a message that says what is wrong."""
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("run_id", ["legacy", "legacy42", "legacy_7", "my-legacy-7"])
+def test_run_ids_near_the_reserved_prefix_are_accepted(
+    run_id: str, tracer_provider: TracerProvider
+) -> None:
+    """Only ids that start with ``legacy-`` are reserved, not ids that merely contain it."""
+    with workflow_run("w", run_id=run_id) as run:
+        assert run.run_id == run_id
+
+
+def test_the_reserved_prefix_is_the_one_imported_rows_get() -> None:
+    """The migration's ``legacy-<id>`` run ids are exactly the ones users cannot give."""
+    assert RESERVED_RUN_ID_PREFIX == LEGACY_RUN_ID_PREFIX
 
 
 @pytest.mark.parametrize(
