@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .events import StepEnd, StepStart, decode
+from .events import StepEnd, StepStart, decode, drop_superseded_starts
 from .state import RunState, step_row
 
 __all__ = ["PendingRows", "Rows"]
@@ -63,7 +63,7 @@ class PendingRows:
     def fold(self, events: Iterable[Any]) -> None:
         """Fold *events* (in queue order) into run states and pending step rows."""
         runs, dirty, steps = self.runs, self.dirty, self.steps
-        for raw in events:
+        for raw in drop_superseded_starts(list(events)):
             event = decode(raw)
             if isinstance(event, (StepStart, StepEnd)):
                 steps[event.span_id] = event  # queue order: an end follows its start
