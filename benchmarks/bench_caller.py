@@ -7,7 +7,16 @@ Three loops of the same shape, interleaved round by round in one process:
   ``BatchSpanProcessor`` with a no-op exporter, as ``configure()`` sets it up;
 - **bare span**: ``with tracer.start_as_current_span(name): pass`` under a root span, on a
   provider with no processor;
+- **bare span, exported**: the same bare spans on a provider with only the SDK's
+  ``BatchSpanProcessor`` (no-op exporter): what exporting spans costs any SDK user, flowtel or
+  not — it keeps each span alive until its batch is exported, which makes the garbage
+  collector's passes over the whole heap far more frequent;
 - **function call**: a call to an empty function.
+
+The three span loops run a second time after ``gc.freeze()`` (what pre-fork servers do after
+start-up: the objects alive at that point leave the collector's generations, so its full
+passes stop walking every imported module), then ``gc.unfreeze()``: the tuning the README
+recommends for long-running workers, measured.
 
 Only the 23-step inner loop is timed (the run's own start and end are reported separately, per
 workflow). Two clocks: the caller thread's CPU time (``time.thread_time``: the work done on
@@ -19,11 +28,15 @@ backlog.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
 from benchmarks.common import (
     STEPS,
+    NullExporter,
     bare_provider,
     database_url,
     flowtel_provider,
@@ -116,19 +129,30 @@ def run(
     rounds = rounds or (3 if quick else 11)
     runs = runs or (40 if quick else 300)
     tracer = bare_provider().get_tracer("bench")
+    exported = bare_provider()
+    exported.add_span_processor(BatchSpanProcessor(NullExporter()))
+    exported_tracer = exported.get_tracer("bench")
     provider, processor = flowtel_provider(database_url("sqlite", "caller"))
     serial = [0]
     # warm-up: caches, code paths, the writer's first batch
     bare_round(tracer, 20)
+    bare_round(exported_tracer, 20)
     flowtel_round(provider, processor, 20, serial)
-    results = interleave(
-        rounds,
-        {
-            "call": lambda: call_round(runs),
-            "bare_span": lambda: bare_round(tracer, runs),
-            "flowtel_step": lambda: flowtel_round(provider, processor, runs, serial),
-        },
-    )
+    loops = {
+        "bare_span": lambda: bare_round(tracer, runs),
+        "bare_span_exported": lambda: bare_round(exported_tracer, runs),
+        "flowtel_step": lambda: flowtel_round(provider, processor, runs, serial),
+    }
+    results = interleave(rounds, {"call": lambda: call_round(runs), **loops})
+    gc.collect()
+    gc.freeze()
+    try:
+        frozen = interleave(rounds, loops)
+    finally:
+        gc.unfreeze()
+    for name, rows in frozen.items():
+        results[f"{name}_gc_frozen"] = rows
+    exported.shutdown()
     processor.shutdown()
 
     def column(name: str, key: str) -> list[float]:
@@ -150,6 +174,16 @@ def run(
         column("flowtel_step", "workflow_cpu_us"), column("bare_span", "workflow_cpu_us")
     )
     vs_call = ratio_summary(column("flowtel_step", "step_cpu_us"), column("call", "step_cpu_us"))
+    vs_exported = ratio_summary(
+        column("flowtel_step", "step_cpu_us"), column("bare_span_exported", "step_cpu_us")
+    )
+    exported_vs_bare = ratio_summary(
+        column("bare_span_exported", "step_cpu_us"), column("bare_span", "step_cpu_us")
+    )
+    frozen_ratio = ratio_summary(
+        column("flowtel_step_gc_frozen", "step_cpu_us"),
+        column("bare_span_gc_frozen", "step_cpu_us"),
+    )
     return {
         "title": "caller cost per step",
         "goal": f"flowtel step < {GOAL}x a bare SDK span (caller thread)",
@@ -165,5 +199,8 @@ def run(
             "workflow_wall_vs_bare_spans": workflow_ratio,
             "workflow_cpu_vs_bare_spans": workflow_cpu_ratio,
             "step_cpu_vs_function_call": vs_call,
+            "step_cpu_vs_exported_bare_span": vs_exported,
+            "exported_bare_span_vs_bare_span": exported_vs_bare,
+            "step_cpu_vs_bare_span_gc_frozen": frozen_ratio,
         },
     }

@@ -78,6 +78,27 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"< {r['target']}x",
             )
         )
+        rows.append(
+            (
+                "1 same, SDK export",
+                "sqlite",
+                f"span + BatchSpanProcessor "
+                f"{_f(s['bare_span_exported']['step_cpu_us'], '{:.1f}')} us "
+                f"({_f(r['ratios']['exported_bare_span_vs_bare_span']['median'])}x span)",
+                f"{_f(r['ratios']['step_cpu_vs_exported_bare_span']['median'])}x exported span",
+                "-",
+            )
+        )
+        rows.append(
+            (
+                "1 same, gc.freeze()",
+                "sqlite",
+                f"{_f(s['flowtel_step_gc_frozen']['step_cpu_us'], '{:.1f}')} us vs span "
+                f"{_f(s['bare_span_gc_frozen']['step_cpu_us'], '{:.1f}')} us",
+                f"{_f(r['ratios']['step_cpu_vs_bare_span_gc_frozen']['median'])}x span (cpu)",
+                "-",
+            )
+        )
     if "throughput" in c:
         for db, r in c["throughput"]["databases"].items():
             rows.append(

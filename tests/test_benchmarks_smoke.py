@@ -64,9 +64,23 @@ def test_every_comparison_is_present_and_well_formed(quick_results: dict[str, An
 def test_figures_are_numbers(quick_results: dict[str, Any]) -> None:
     c = quick_results["comparisons"]
     steps = c["caller"]["per_step_us"]
-    for subject in ("call", "bare_span", "flowtel_step"):
+    for subject in (
+        "call",
+        "bare_span",
+        "bare_span_exported",
+        "flowtel_step",
+        "bare_span_gc_frozen",
+        "flowtel_step_gc_frozen",
+    ):
         assert _number(steps[subject]["step_cpu_us"]) and _number(steps[subject]["step_wall_us"])
-    for key in ("step_cpu_vs_bare_span", "step_wall_vs_bare_span", "step_cpu_vs_function_call"):
+    for key in (
+        "step_cpu_vs_bare_span",
+        "step_wall_vs_bare_span",
+        "step_cpu_vs_function_call",
+        "step_cpu_vs_exported_bare_span",
+        "exported_bare_span_vs_bare_span",
+        "step_cpu_vs_bare_span_gc_frozen",
+    ):
         assert _number(c["caller"]["ratios"][key]["median"]), key
 
     throughput = c["throughput"]["databases"]["sqlite"]
