@@ -5,14 +5,15 @@
 MariaDB when ``FLOWTEL_BENCH_POSTGRES_URL``/``FLOWTEL_TEST_POSTGRES_URL`` and
 ``FLOWTEL_BENCH_MYSQL_URL``/``FLOWTEL_TEST_MYSQL_URL`` name them; the suite uses databases
 called ``flowtel_bench_*`` on those servers); ``--only caller,throughput`` to run some
-comparisons. Every figure is a ratio against a baseline measured in the same process,
-interleaved; nothing here asserts a timing.
+comparisons; ``--gc-freeze`` to run them after ``gc.freeze()``. Every figure is a ratio
+against a baseline measured in the same process, interleaved; nothing here asserts a timing.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -194,7 +195,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--db", action="append", choices=BACKENDS, help="database (repeatable)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(COMPARISONS)}")
     parser.add_argument("--output", help="JSON file (default: benchmarks/results/<time>.json)")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="call gc.freeze() after start-up, as the README's tuning section suggests",
+    )
     args = parser.parse_args(argv)
+    if args.gc_freeze:
+        gc.collect()
+        gc.freeze()
     backends = args.db or available_backends()
     chosen = args.only.split(",") if args.only else list(COMPARISONS)
     unknown = set(chosen) - set(COMPARISONS)
@@ -207,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
+        "gc_frozen": args.gc_freeze,
         "backends": backends,
         "machine": machine_info(backends),
         "comparisons": {},
