@@ -36,11 +36,21 @@ _FINAL_STEP = frozenset({StepStatus.COMPLETED.value, StepStatus.SKIPPED.value})
 _RUNNING = StepStatus.RUNNING.value  # enum ``.value`` is a Python-level property: read it once
 
 
+_SECOND_DATETIMES: dict[int, dt.datetime] = {}
+"""Recent whole seconds' datetimes: adding microseconds to one is a third cheaper."""
+
+
 def to_datetime(ns: int | None) -> dt.datetime | None:
     """Nanoseconds since the epoch → timezone-aware UTC datetime (microsecond precision)."""
     if not ns:
         return None
-    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+    seconds, micros = divmod(ns // 1000, 1_000_000)
+    base = _SECOND_DATETIMES.get(seconds)
+    if base is None:
+        if len(_SECOND_DATETIMES) >= 4096:
+            _SECOND_DATETIMES.clear()
+        base = _SECOND_DATETIMES[seconds] = _EPOCH + dt.timedelta(seconds=seconds)
+    return base + dt.timedelta(0, 0, micros)
 
 
 _SECONDS: dict[int, str] = {}

@@ -1,0 +1,60 @@
+"""The writer's fast timestamp paths give exactly what the slow, obvious ones give.
+
+``state.to_datetime`` adds microseconds to a cached whole second and ``bulk``'s SQLite
+timestamp binding formats from a per-second text cache; both must agree with plain datetime
+arithmetic and with the column type's own SQLAlchemy bind processor on any instant, including
+ones before the epoch, at second boundaries and at the end of the calendar.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+from sqlalchemy.dialects import sqlite
+
+from exporters.bulk import _bulk
+from exporters.schema import UTCDateTime
+from exporters.state import to_datetime
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+EDGES = [
+    -1_000,
+    1_000,
+    999_999_000,
+    1_000_000_000,
+    1_766_000_000_000_000_000,
+    1_766_000_000_999_999_999,
+    253_402_300_799_999_999_000,  # 9999-12-31 23:59:59.999999
+]
+
+
+def _instants() -> list[int]:
+    rng = random.Random(20261126)
+    return EDGES + [
+        rng.randrange(-2_000_000_000 * 10**9, 4_000_000_000 * 10**9) for _ in range(2000)
+    ]
+
+
+def test_to_datetime_matches_plain_arithmetic() -> None:
+    for ns in _instants():
+        expected = EPOCH + dt.timedelta(microseconds=ns // 1000)
+        got = to_datetime(ns)
+        assert got == expected and got is not None and got.tzinfo is dt.UTC, ns
+    assert to_datetime(None) is None and to_datetime(0) is None
+
+
+def test_sqlite_timestamp_binding_matches_the_column_types_processor() -> None:
+    dialect = sqlite.dialect()
+    reference = UTCDateTime().bind_processor(dialect)
+    assert reference is not None
+    step = _bulk(dialect, "step")
+    started = step.columns.index("started_at")
+    fast = dict(step._processors)[started]
+    assert fast is not reference  # the shortcut is in use, so this test means something
+    for ns in _instants():
+        value = to_datetime(ns)
+        assert fast(value) == reference(value), ns
+    naive = dt.datetime(2026, 1, 2, 3, 4, 5, 6)  # not the rows' kind: handed to the processor
+    other = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert fast(naive) == reference(naive) and fast(other) == reference(other)
