@@ -33,6 +33,7 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Dialect
 
 from .schema import UTCDateTime
+from .timestamps import sqlite_text
 from .upsert import run_upsert, step_upsert
 
 __all__ = ["ArrayUpsert", "BulkUpsert", "bulk_upsert_rows"]
@@ -59,7 +60,6 @@ def _values_group(sql: str) -> tuple[int, int]:
 
 
 _UTC = dt.UTC
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _SAMPLES = (
     dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=_UTC),
     dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=_UTC),
@@ -69,30 +69,14 @@ _SAMPLES = (
 )
 
 
-_SECOND_TEXT: dict[int, str] = {}
-"""``YYYY-MM-DD HH:MM:SS`` per whole second since the epoch: a batch's timestamps fall in the
-same few seconds, and ``isoformat`` of an aware datetime was most of a row's binding cost."""
-
-
-def _utc_text(value: dt.datetime) -> str:
-    """``YYYY-MM-DD HH:MM:SS.ffffff`` of an aware UTC datetime, from a per-second cache."""
-    delta = value - _EPOCH
-    second = delta.days * 86_400 + delta.seconds
-    head = _SECOND_TEXT.get(second)
-    if head is None:
-        if len(_SECOND_TEXT) >= 4096:
-            _SECOND_TEXT.clear()
-        head = _SECOND_TEXT[second] = value.isoformat(" ")[:19]
-    return f"{head}.{delta.microseconds:06d}"
-
-
 def _faster(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """*processor*, or a quicker equivalent for the aware UTC datetimes rows carry.
 
     The UTC timestamp type's SQLite processor normalises any datetime to naive UTC text; the
-    rows the writer renders always hold aware UTC datetimes, whose text :func:`_utc_text`
-    builds at under half the cost. The shortcut is taken only if it matches the processor on
-    sample values, so a different processor keeps being used as it is.
+    rows the writer renders always hold aware UTC datetimes, whose text
+    :func:`~exporters.timestamps.sqlite_text` builds at under half the cost. The shortcut is
+    taken only if it matches the processor on sample values, so a different processor keeps
+    being used as it is.
     """
     try:
         expected = [processor(sample) for sample in _SAMPLES]
@@ -103,7 +87,7 @@ def _faster(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def fast(value: Any) -> Any:
         if type(value) is dt.datetime and value.tzinfo is _UTC:
-            return _utc_text(value)
+            return sqlite_text(value)
         return processor(value)
 
     if [fast(sample) for sample in _SAMPLES] != expected:

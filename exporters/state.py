@@ -11,7 +11,6 @@ those written before.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import socket
@@ -26,57 +25,21 @@ from instrumentation.limits import get_limits
 
 from .events import ErrorInfo, RunEnd, RunStart, StepEnd, StepStart
 from .sanitize import clean_run_row, clean_step_row
+from .timestamps import iso_text, to_datetime
 
-__all__ = ["HOST", "RunState", "StepSummary", "step_row", "to_datetime"]
+__all__ = ["HOST", "RunState", "StepSummary", "step_row"]
 
 HOST = socket.gethostname()
 MAX_LOG_LINES = 20
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _FINAL_STEP = frozenset({StepStatus.COMPLETED.value, StepStatus.SKIPPED.value})
 _RUNNING = StepStatus.RUNNING.value  # enum ``.value`` is a Python-level property: read it once
-
-
-_SECOND_DATETIMES: dict[int, dt.datetime] = {}
-"""Recent whole seconds' datetimes: adding microseconds to one is a third cheaper."""
-
-
-def to_datetime(ns: int | None) -> dt.datetime | None:
-    """Nanoseconds since the epoch → timezone-aware UTC datetime (microsecond precision)."""
-    if not ns:
-        return None
-    seconds, micros = divmod(ns // 1000, 1_000_000)
-    base = _SECOND_DATETIMES.get(seconds)
-    if base is None:
-        if len(_SECOND_DATETIMES) >= 4096:
-            _SECOND_DATETIMES.clear()
-        base = _SECOND_DATETIMES[seconds] = _EPOCH + dt.timedelta(seconds=seconds)
-    return base + dt.timedelta(0, 0, micros)
-
-
-_SECONDS: dict[int, str] = {}
-"""``YYYY-MM-DDTHH:MM:SS`` per whole second since the epoch (the writer renders the same few
-seconds over and over; formatting a datetime each time was a tenth of its work)."""
-
-
-def _iso(ns: int | None) -> str | None:
-    """``datetime.isoformat()`` of :func:`to_datetime`, without building the datetime."""
-    if not ns:
-        return None
-    seconds, micros = divmod(ns // 1000, 1_000_000)
-    head = _SECONDS.get(seconds)
-    if head is None:
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        head = (_EPOCH + dt.timedelta(seconds=seconds)).isoformat()[:19]
-        _SECONDS[seconds] = head
-    return f"{head}.{micros:06d}+00:00" if micros else f"{head}+00:00"
 
 
 class StepSummary:
     """What the run's metadata says about one declared step (all its attempts)."""
 
     __slots__ = (
-        "_cache",
+        "_json",
         "attempts",
         "completed_ns",
         "error",
@@ -94,24 +57,25 @@ class StepSummary:
         self.started_ns: int | None = None
         self.completed_ns: int | None = None
         self.error: str | None = None
-        self._cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._json: dict[str, Any] | None = None
+
+    def changed(self) -> None:
+        """Forget the cached :meth:`as_json` (call after changing any field)."""
+        self._json = None
 
     def as_json(self) -> dict[str, Any]:
-        """The step's entry in ``metadata.steps`` (cached until the step changes)."""
-        key = (self.status, self.attempts, self.started_ns, self.completed_ns, self.error)
-        cached = self._cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        value = {
-            "index": self.index,
-            "name": self.name,
-            "status": self.status,
-            "attempts": self.attempts,
-            "started_at": _iso(self.started_ns),
-            "completed_at": _iso(self.completed_ns),
-            "error": self.error,
-        }
-        self._cache = (key, value)
+        """The step's entry in ``metadata.steps`` (cached until :meth:`changed`)."""
+        value = self._json
+        if value is None:
+            value = self._json = {
+                "index": self.index,
+                "name": self.name,
+                "status": self.status,
+                "attempts": self.attempts,
+                "started_at": iso_text(self.started_ns),
+                "completed_at": iso_text(self.completed_ns),
+                "error": self.error,
+            }
         return value
 
 
@@ -146,6 +110,7 @@ class RunState:
             summary.status = _RUNNING
             summary.attempts = max(summary.attempts, event.attempt)
             summary.started_ns = summary.started_ns or event.start_ns
+            summary.changed()
             self.current = summary
         elif isinstance(event, StepEnd):
             self._apply_step_end(event)
@@ -188,10 +153,11 @@ class RunState:
                     "attempt": event.attempt,
                     "type": event.error.type if event.error else None,
                     "message": text,
-                    "at": _iso(event.end_ns),
+                    "at": iso_text(event.end_ns),
                 }
             )
             del self.errors[:-50]
+        summary.changed()
         self.current = summary
 
     def _summary(self, index: int, name: str) -> StepSummary:
@@ -246,9 +212,9 @@ class RunState:
             "steps": [self.steps[i].as_json() for i in order[:listed]],
             "context_data": context,
             "timestamps": {
-                "started_at": _iso(self.start_ns),
-                "completed_at": _iso(self.end_ns),
-                "updated_at": _iso(now),
+                "started_at": iso_text(self.start_ns),
+                "completed_at": iso_text(self.end_ns),
+                "updated_at": iso_text(now),
             },
             "errors": self.errors,
             "trace": {
@@ -340,7 +306,7 @@ def step_row(event: StepStart | StepEnd) -> dict[str, Any]:
 def _log_lines(logs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
     return [
         {
-            "at": _iso(line["at_ns"]),
+            "at": iso_text(line["at_ns"]),
             "severity": line["severity"],
             "logger": line["logger"],
             "message": line["message"],

@@ -1,7 +1,7 @@
 """The writer's fast timestamp paths give exactly what the slow, obvious ones give.
 
-``state.to_datetime`` adds microseconds to a cached whole second and ``bulk``'s SQLite
-timestamp binding formats from a per-second text cache; both must agree with plain datetime
+``exporters.timestamps`` adds microseconds to a cached whole second (as a datetime, ISO text
+or, for ``bulk``'s SQLite binding, SQLite's text); each must agree with plain datetime
 arithmetic and with the column type's own SQLAlchemy bind processor on any instant, including
 ones before the epoch, at second boundaries and at the end of the calendar.
 """
@@ -15,7 +15,7 @@ from sqlalchemy.dialects import sqlite
 
 from exporters.bulk import _bulk
 from exporters.schema import UTCDateTime
-from exporters.state import to_datetime
+from exporters.timestamps import iso_text, to_datetime
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 EDGES = [
@@ -42,6 +42,13 @@ def test_to_datetime_matches_plain_arithmetic() -> None:
         got = to_datetime(ns)
         assert got == expected and got is not None and got.tzinfo is dt.UTC, ns
     assert to_datetime(None) is None and to_datetime(0) is None
+
+
+def test_iso_text_matches_isoformat() -> None:
+    for ns in _instants():
+        expected = (EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat()
+        assert iso_text(ns) == expected, ns
+    assert iso_text(None) is None and iso_text(0) is None
 
 
 def test_sqlite_timestamp_binding_matches_the_column_types_processor() -> None:
