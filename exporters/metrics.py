@@ -64,6 +64,10 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 _GAUGES = {"queue_depth": "{event}", "active_runs": "{run}"}  # key -> unit (not "1": "_ratio")
 _UNKNOWN = "unknown"
+_RUN_ID, _RUN_NAME, _RUN_STATUS = attr.RUN_ID, attr.RUN_NAME, attr.RUN_STATUS
+_STEP_NAME, _STEP_STATUS = attr.STEP_NAME, attr.STEP_STATUS
+_RUN_LABELS = (attr.RUN_NAME, attr.RUN_STATUS)
+_STEP_LABELS = (attr.RUN_NAME, attr.STEP_NAME, attr.STEP_STATUS)
 
 
 class WorkflowMetricsSpanProcessor(SpanProcessor):
@@ -109,6 +113,7 @@ class WorkflowMetricsSpanProcessor(SpanProcessor):
             ACTIVE_RUNS, unit="{run}", description="Workflow runs started and not yet finished"
         )
         self._names: dict[str, str] = {}  # run id -> workflow name, while the run is active
+        self._label_cache: dict[tuple[str, ...], dict[str, str]] = {}
         self.errors = 0
         self.dropped = 0
         self._queue: deque[tuple[Any, ...]] = deque()
@@ -125,20 +130,24 @@ class WorkflowMetricsSpanProcessor(SpanProcessor):
         """Queue a started run (steps are measured when they end)."""
         try:
             attributes = span_attributes(span)
-            if attr.RUN_ID in attributes and attr.STEP_NAME not in attributes:
-                run_name = attributes.get(attr.RUN_NAME)
-                self._put((True, attributes.get(attr.RUN_ID), run_name, span.name, 0, 0, None))
+            if _RUN_ID in attributes and _STEP_NAME not in attributes:
+                run_name = attributes.get(_RUN_NAME)
+                self._put((True, attributes.get(_RUN_ID), run_name, span.name, 0, 0, None, None))
         except Exception:
             self._failed()
 
     def on_end(self, span: ReadableSpan) -> None:
-        """Queue a finished run or step (its attribute dict is immutable once ended)."""
+        """Queue a finished run or step as plain values (never the span or its attributes:
+        a queued tuple holding a dict stays tracked by the garbage collector, and with the
+        recording thread draining every ``interval`` they all reached its oldest generation)."""
         try:
             attributes = span_attributes(span)
-            if attr.RUN_ID in attributes:
-                run_id, run_name = attributes.get(attr.RUN_ID), attributes.get(attr.RUN_NAME)
-                ended = (False, run_id, run_name, span.name, span.start_time, span.end_time)
-                self._put((*ended, attributes))
+            if _RUN_ID in attributes:
+                get = attributes.get
+                step = get(_STEP_NAME)
+                status = get(_RUN_STATUS) if step is None else get(_STEP_STATUS)
+                ended = (False, get(_RUN_ID), get(_RUN_NAME), span.name, span.start_time)
+                self._put((*ended, span.end_time, step, status))
         except Exception:
             self._failed()
 
@@ -175,35 +184,38 @@ class WorkflowMetricsSpanProcessor(SpanProcessor):
         span_name: str,
         start_ns: int | None,
         end_ns: int | None,
-        attributes: Mapping[str, Any] | None,
+        step: Any,
+        status: Any,
     ) -> None:
         name = str(run_name or span_name)
         if started:
             self._names[str(run_id)] = name
-            self._active.add(1, {attr.RUN_NAME: name})
+            self._active.add(1, self._labels((name,)))
             return
-        if attributes is None or start_ns is None or end_ns is None:
+        if start_ns is None or end_ns is None:
             return
         seconds = max(end_ns - start_ns, 0) / 1e9
-        step = attributes.get(attr.STEP_NAME)
         if step is not None:
-            self._step_duration.record(
-                seconds,
-                {
-                    attr.RUN_NAME: self._names.get(str(run_id), _UNKNOWN),
-                    attr.STEP_NAME: str(step),
-                    attr.STEP_STATUS: str(attributes.get(attr.STEP_STATUS, _UNKNOWN)),
-                },
-            )
+            workflow = self._names.get(str(run_id), _UNKNOWN)
+            key = (workflow, str(step), _UNKNOWN if status is None else str(status))
+            self._step_duration.record(seconds, self._labels(key))
             return
         if self._names.pop(str(run_id), None) is not None:
-            self._active.add(-1, {attr.RUN_NAME: name})
-        labels = {
-            attr.RUN_NAME: name,
-            attr.RUN_STATUS: str(attributes.get(attr.RUN_STATUS, _UNKNOWN)),
-        }
+            self._active.add(-1, self._labels((name,)))
+        labels = self._labels((name, _UNKNOWN if status is None else str(status)))
         self._runs.add(1, labels)
         self._run_duration.record(seconds, labels)
+
+    def _labels(self, key: tuple[str, ...]) -> dict[str, str]:
+        """The attribute dict for *key* (workflow name; then status, or step name and status),
+        built once per distinct key: their number is bounded by the low-cardinality names."""
+        labels = self._label_cache.get(key)
+        if labels is None:
+            if len(self._label_cache) >= 10_000:
+                self._label_cache.clear()
+            names = _STEP_LABELS if len(key) == 3 else _RUN_LABELS[: len(key)]
+            labels = self._label_cache[key] = dict(zip(names, key, strict=True))
+        return labels
 
     def _failed(self) -> None:
         self.errors += 1
