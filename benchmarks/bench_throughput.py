@@ -1,10 +1,12 @@
 """Comparison 2: end-to-end throughput of 23-step workflows, until every row is committed.
 
-Per database, three subjects interleaved round by round in one process:
+Per database, four subjects interleaved round by round in one process:
 
 - **flowtel**: N workflows through ``workflow_run``/``run.step`` on a provider with the history
   processor and an OTLP ``BatchSpanProcessor`` (no-op exporter), timed until ``force_flush``
   says every run and step row is committed (then checked by counting them);
+- **flowtel with metrics**: the same with flowtel's metrics processor too, recording into an
+  SDK meter provider with an in-memory reader — what ``configure()`` sets up when OTLP is on;
 - **bare spans**: the same loop with ``tracer.start_as_current_span`` and no processor;
 - **the old way**: the same workflows recorded as the old system did (see
   :mod:`benchmarks.oldway`): an INSERT, an UPDATE with the metadata JSON after each step and a
@@ -31,6 +33,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sqlalchemy as sa
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from benchmarks.common import (
     SPANS_PER_WORKFLOW,
@@ -47,6 +51,7 @@ from benchmarks.common import (
     wait_committed,
 )
 from benchmarks.oldway import OldWayRecorder, old_engine
+from exporters.metrics import WorkflowMetricsSpanProcessor
 
 GOAL_WF_PER_S = 1000
 GOAL_VS_OLD = 20.0
@@ -106,6 +111,10 @@ def measure(
     backend = sa.make_url(url).get_backend_name()
     tracer = bare_provider().get_tracer("bench")
     provider, processor = flowtel_provider(url)
+    metered, metered_processor = flowtel_provider(url)
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    metrics_processor = WorkflowMetricsSpanProcessor(meter_provider)
+    metered.add_span_processor(metrics_processor)
     reader = sa.create_engine(url)
     if old_url is None and backend == "sqlite":
         # WAL is a property of the file: the old way gets its own, in the default journal mode
@@ -114,21 +123,27 @@ def measure(
     old_serial = [0]
     bare_round(tracer, 50)  # warm-up
     flowtel_round(provider, processor, reader, 50)
+    flowtel_round(metered, metered_processor, reader, 50)
     subjects: dict[str, Any] = {
         "bare": lambda: bare_round(tracer, runs),
         "flowtel": lambda: flowtel_round(provider, processor, reader, runs),
+        "flowtel_metrics": lambda: flowtel_round(metered, metered_processor, reader, runs),
     }
     if recorder is not None:
         subjects["old"] = lambda: old_round(recorder, old_runs, old_serial)
     results = interleave(rounds, subjects)
     stats = processor.stats
     processor.shutdown()
+    metered_processor.shutdown()
+    metrics_processor.shutdown()
+    meter_provider.shutdown()
     reader.dispose()
     if recorder is not None:
         recorder.close()
 
     bare = results["bare"]
     total = [r["s_per_wf"] for r in results["flowtel"]]
+    metered_total = [r["s_per_wf"] for r in results["flowtel_metrics"]]
     loop = [r["loop_s_per_wf"] for r in results["flowtel"]]
     vs_bare = ratio_summary(total, bare)
     row: dict[str, Any] = {
@@ -138,6 +153,8 @@ def measure(
         "bare_wf_per_s": 1 / median(bare),
         "flowtel_wf_per_s": 1 / median(total),
         "flowtel_rows_per_s": SPANS_PER_WORKFLOW / median(total),
+        "flowtel_metrics_wf_per_s": 1 / median(metered_total),
+        "metrics_ratio": ratio_summary(metered_total, total),
         "ratio_vs_bare": vs_bare,
         "caller_ratio_vs_bare": ratio_summary(loop, bare),
         "committed_at_loop_end": median(r["committed_at_loop_end"] for r in results["flowtel"]),

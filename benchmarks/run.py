@@ -115,6 +115,15 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     ">= 1000 wf/s, >= 20x old" if db != "mysql" else ">= 20x old",
                 )
             )
+            rows.append(
+                (
+                    "2 same, with metrics",
+                    db,
+                    f"{_f(r['flowtel_metrics_wf_per_s'], '{:.0f}')} wf/s",
+                    f"{_f(r['metrics_ratio']['median'])}x the time without",
+                    "-",
+                )
+            )
     if "writer" in c:
         for db, r in c["writer"]["databases"].items():
             rows.append(

@@ -84,10 +84,16 @@ def test_figures_are_numbers(quick_results: dict[str, Any]) -> None:
         assert _number(c["caller"]["ratios"][key]["median"]), key
 
     throughput = c["throughput"]["databases"]["sqlite"]
-    for key in ("bare_wf_per_s", "flowtel_wf_per_s", "old_wf_per_s", "committed_at_loop_end"):
+    for key in (
+        "bare_wf_per_s",
+        "flowtel_wf_per_s",
+        "flowtel_metrics_wf_per_s",
+        "old_wf_per_s",
+        "committed_at_loop_end",
+    ):
         assert _number(throughput[key]), key
     assert 0 <= throughput["committed_at_loop_end"] <= 1
-    for key in ("ratio_vs_bare", "caller_ratio_vs_bare", "speedup_vs_old"):
+    for key in ("ratio_vs_bare", "caller_ratio_vs_bare", "speedup_vs_old", "metrics_ratio"):
         assert _number(throughput[key]["median"]), key
 
     writer = c["writer"]["databases"]["sqlite"]
