@@ -168,17 +168,16 @@ def capture_end(span: Any) -> tuple[Any, ...] | None:
             return None
         context = span._context
         events = span._events
-        start, end = span._start_time, span._end_time
-        status = None if _STEP_NAME in attributes else span._status
+        start, end, status = span._start_time, span._end_time, span._status
     except AttributeError:
         attributes = span_attributes(span)
         if _RUN_ID not in attributes:
             return None
         context, events, start, end = span.context, span.events, span.start_time, span.end_time
-        status = None if _STEP_NAME in attributes else span.status
+        status = span.status
     events = tuple(events) if events else None
-    if status is None:
-        get = attributes.get
+    get = attributes.get
+    if _STEP_NAME in attributes:
         return (
             _STEP_END,
             get(_RUN_ID),
@@ -200,7 +199,7 @@ def capture_end(span: Any) -> tuple[Any, ...] | None:
         int(context.trace_flags),
         start,
         end,
-        status.description,
+        None if status is None else status.description,
         events,
     )
 
