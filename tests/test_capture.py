@@ -107,3 +107,31 @@ def test_superseded_starts_are_dropped_and_the_rows_are_unchanged() -> None:
     statuses = [row["status"] for row in one_batch[1]]
     assert statuses == ["completed", "completed", "failed"]
     assert one_batch[0][0]["status"] == "failed" and one_batch[0][0]["current_step"] == "boot"
+
+
+def test_metadata_entries_follow_every_change_between_renders() -> None:
+    """A run row rendered after each event shows each step's latest state (the per-step
+    metadata entry is cached between renders and must be rebuilt when the step changes)."""
+    provider = TracerProvider()
+    capture = _Capture()
+    provider.add_span_processor(capture)
+    with workflow_run("provision", tracer_provider=provider, total_steps=2) as run:
+        with run.step("ipmi") as step:
+            step.retrying("no answer")
+        with run.step("ipmi"):
+            pass
+        with run.step("boot") as step:
+            step.skip("not needed")
+    pending = PendingRows("svc", None, ("server_id", "device_type"))
+    seen = []
+    for event in (e for e in capture.events if e is not None):
+        pending.fold([event])
+        run_rows, _ = pending.take()
+        pending.landed(True)
+        for row in run_rows:
+            seen.append([(s["status"], s["attempts"]) for s in row["metadata"]["steps"]])
+    assert seen[0] == []  # the run's start
+    assert ("running", 1) in [steps[0] for steps in seen if steps]
+    assert ("retrying", 1) in [steps[0] for steps in seen if steps]
+    assert ("running", 2) in [steps[0] for steps in seen if steps]
+    assert seen[-1] == [("completed", 2), ("skipped", 1)]
