@@ -203,22 +203,28 @@ def test_old_idioms_work_on_the_old_engine(idiom: str) -> None:
 
 
 FLOWTEL_EXPECTED = {
-    "retry(message, retry_after=...)": lambda r: (r.status, r.message, r.retry_delay)
-    == ("retry", "busy", 5.0),
-    "success(message, data) positionally": lambda r: (r.status, r.message, r.data)
-    == ("success", "ok", {"k": 1}),
+    "retry(message, retry_after=...)": lambda r: (
+        (r.status, r.message, r.retry_delay) == ("retry", "busy", 5.0)
+    ),
+    "success(message, data) positionally": lambda r: (
+        (r.status, r.message, r.data) == ("success", "ok", {"k": 1})
+    ),
     "failure(message, should_continue) positionally": lambda r: (
-        r.status,
-        r.message,
-        r.should_continue,
-    )
-    == ("failure", "disk", True),
+        (
+            r.status,
+            r.message,
+            r.should_continue,
+        )
+        == ("failure", "disk", True)
+    ),
     "StepContext(workflow_id, server_id, device_type) positionally": lambda c: (
-        c.workflow_id,
-        c.server_id,
-        c.device_type,
-    )
-    == ("provision_srv-1", "srv-1", "s2"),
+        (
+            c.workflow_id,
+            c.server_id,
+            c.device_type,
+        )
+        == ("provision_srv-1", "srv-1", "s2")
+    ),
 }
 
 
