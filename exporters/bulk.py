@@ -23,7 +23,6 @@ MySQL/MariaDB keep ``executemany``, which PyMySQL already rewrites into multi-ro
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Callable, Sequence
 from operator import itemgetter
@@ -32,8 +31,6 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Dialect
 
-from .schema import UTCDateTime
-from .timestamps import sqlite_text
 from .upsert import run_upsert, step_upsert
 
 __all__ = ["ArrayUpsert", "BulkUpsert", "bulk_upsert_rows"]
@@ -59,42 +56,6 @@ def _values_group(sql: str) -> tuple[int, int]:
     raise ValueError("unbalanced VALUES clause")  # pragma: no cover - compiler output
 
 
-_UTC = dt.UTC
-_SAMPLES = (
-    dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=_UTC),
-    dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=_UTC),
-    dt.datetime(1970, 1, 1, tzinfo=_UTC),
-    dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=_UTC),
-    dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=_UTC),
-)
-
-
-def _faster(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """*processor*, or a quicker equivalent for the aware UTC datetimes rows carry.
-
-    The UTC timestamp type's SQLite processor normalises any datetime to naive UTC text; the
-    rows the writer renders always hold aware UTC datetimes, whose text
-    :func:`~exporters.timestamps.sqlite_text` builds at under half the cost. The shortcut is
-    taken only if it matches the processor on sample values, so a different processor keeps
-    being used as it is.
-    """
-    try:
-        expected = [processor(sample) for sample in _SAMPLES]
-    except Exception:
-        return processor
-    if not all(isinstance(text, str) for text in expected):
-        return processor
-
-    def fast(value: Any) -> Any:
-        if type(value) is dt.datetime and value.tzinfo is _UTC:
-            return sqlite_text(value)
-        return processor(value)
-
-    if [fast(sample) for sample in _SAMPLES] != expected:
-        return processor
-    return fast
-
-
 class _Compiled:
     """A table's single-row upsert compiled positionally, split around its ``VALUES`` group."""
 
@@ -116,8 +77,6 @@ class _Compiled:
             kind = table.c[name].type
             processor = kind._cached_bind_processor(dialect)
             if processor is not None:
-                if isinstance(kind, UTCDateTime):
-                    processor = _faster(processor)
                 self._processors.append((position, processor))
 
     def values(self, row: dict[str, Any]) -> tuple[Any, ...] | list[Any]:

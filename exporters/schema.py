@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 
+from .timestamps import sqlite_text
+
 __all__ = [
     "RUN_COLUMNS",
     "STEP_COLUMNS",
@@ -85,15 +87,13 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 def _sqlite_text(value: dt.datetime | None) -> str | None:
-    """UTC text in SQLAlchemy's SQLite format: ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    """UTC text in SQLAlchemy's SQLite format: ``YYYY-MM-DD HH:MM:SS.ffffff`` (naive values are
+    UTC already; the text comes from :func:`exporters.timestamps.sqlite_text`'s cache)."""
     if value is None:
         return None
-    if value.tzinfo is not None:
-        if value.tzinfo is not dt.UTC:
-            value = value.astimezone(dt.UTC)
-        value = value.replace(tzinfo=None)
-    text = value.isoformat(" ")
-    return text if value.microsecond else text + ".000000"
+    if value.tzinfo is not dt.UTC:
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return sqlite_text(value)
 
 
 def _json() -> Any:

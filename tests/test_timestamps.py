@@ -1,9 +1,9 @@
 """The writer's fast timestamp paths give exactly what the slow, obvious ones give.
 
 ``exporters.timestamps`` adds microseconds to a cached whole second (as a datetime, ISO text
-or, for ``bulk``'s SQLite binding, SQLite's text); each must agree with plain datetime
-arithmetic and with the column type's own SQLAlchemy bind processor on any instant, including
-ones before the epoch, at second boundaries and at the end of the calendar.
+or, for the UTC timestamp type's SQLite binding, SQLite's text); each must agree with plain
+datetime arithmetic and formatting on any instant, including ones before the epoch, at second
+boundaries and at the end of the calendar, and the bulk writer must bind through that type.
 """
 
 from __future__ import annotations
@@ -51,17 +51,28 @@ def test_iso_text_matches_isoformat() -> None:
     assert iso_text(None) is None and iso_text(0) is None
 
 
-def test_sqlite_timestamp_binding_matches_the_column_types_processor() -> None:
+def _plain_sqlite_text(value: dt.datetime) -> str:
+    """The obvious formatting the UTC timestamp type must match on SQLite."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
+def test_sqlite_timestamp_binding_matches_plain_formatting() -> None:
     dialect = sqlite.dialect()
-    reference = UTCDateTime().bind_processor(dialect)
-    assert reference is not None
+    processor = UTCDateTime().bind_processor(dialect)
+    assert processor is not None
     step = _bulk(dialect, "step")
-    started = step.columns.index("started_at")
-    fast = dict(step._processors)[started]
-    assert fast is not reference  # the shortcut is in use, so this test means something
+    bound = dict(step._processors)[step.columns.index("started_at")]
+    assert bound is processor  # the bulk writer binds through the type's own processor
     for ns in _instants():
         value = to_datetime(ns)
-        assert fast(value) == reference(value), ns
-    naive = dt.datetime(2026, 1, 2, 3, 4, 5, 6)  # not the rows' kind: handed to the processor
+        assert value is not None
+        assert processor(value) == _plain_sqlite_text(value), ns
+    naive = dt.datetime(2026, 1, 2, 3, 4, 5, 6)  # naive means UTC already
     other = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    assert fast(naive) == reference(naive) and fast(other) == reference(other)
+    whole = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    for value in (naive, other, whole):
+        assert processor(value) == _plain_sqlite_text(value), value
+    assert processor(other) == "2026-01-02 01:04:05.000006"
+    assert processor(None) is None
