@@ -40,6 +40,7 @@ from benchmarks.history_data import RUN_COLS, STEP_COLS, Run, generate, rows
 from exporters.database import make_engine
 from exporters.queries import HistoryStore
 from exporters.schema import workflow_history, workflow_step_history
+from exporters.timestamps import sqlite_text
 
 BENCH_DB = "flowtel_bench_history"
 RUN_LIST, STEP_LIST = ",".join(RUN_COLS), ",".join(STEP_COLS)
@@ -49,12 +50,12 @@ TSV = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 PLAN_COLUMNS = ("table", "type", "key", "rows", "r_rows", "filtered", "r_filtered", "Extra")
 
 
-def sqlite_text(row: tuple[Any, ...], positions: tuple[int, ...]) -> tuple[Any, ...]:
+def with_text_times(row: tuple[Any, ...], positions: tuple[int, ...]) -> tuple[Any, ...]:
     """*row* with its timestamps as flowtel's SQLite text (naive UTC, microseconds)."""
     cells = list(row)
     for i in positions:
         if cells[i] is not None:
-            cells[i] = cells[i].replace(tzinfo=None).isoformat(" ", "microseconds")
+            cells[i] = sqlite_text(cells[i])
     return tuple(cells)
 
 
@@ -111,7 +112,7 @@ def tsv_line(row: tuple[Any, ...], times: tuple[int, ...]) -> str:
     """*row* as a line of ``LOAD DATA``'s default format (tabs, backslash escapes, ``\\N``)."""
     cells = (
         "\\N" if cell is None else cell.translate(TSV) if isinstance(cell, str) else str(cell)
-        for cell in sqlite_text(row, times)
+        for cell in with_text_times(row, times)
     )
     return "\t".join(cells) + "\n"
 
@@ -160,8 +161,9 @@ def load(generated: Iterator[Run], sqlite_path: str | None, pg_url: str | None,
 
     def flush(done: int) -> None:
         if lite is not None:
-            lite.executemany(run_sql, [sqlite_text(r, RUN_TIMES) for r, _ in batch])
-            lite.executemany(step_sql, [sqlite_text(s, STEP_TIMES) for _, ss in batch for s in ss])
+            lite.executemany(run_sql, [with_text_times(r, RUN_TIMES) for r, _ in batch])
+            steps = [with_text_times(s, STEP_TIMES) for _, ss in batch for s in ss]
+            lite.executemany(step_sql, steps)
             lite.commit()
         if pg is not None:
             with pg.cursor().copy(f"COPY workflow_history ({RUN_LIST}) FROM STDIN") as c:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from exporters.demo_workflow import STEPS
+from exporters.timestamps import EPOCH
 
 RUN_COLS = (
     "run_id", "workflow_id", "workflow_name", "server_id", "device_type", "status", "started_at",
@@ -41,7 +42,6 @@ FAILURES: tuple[Failure, ...] = (
 CANCEL_RATE = 0.005
 STACK = 'Traceback (most recent call last):\n  File "/srv/flowtel/workflows/provision.py", '
 STACK += "line {n}, in execute\n    self.{step}(server)\n" * 6 + "{etype}: {msg}\n"
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class Attempt(NamedTuple):

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 from .schema import RUN_COLUMNS, STEP_COLUMNS, UTCDateTime, workflow_history
 from .schema import workflow_step_history as _steps
+from .timestamps import EPOCH
 
 __all__ = [
     "FORMAT_VERSION",
@@ -41,7 +42,6 @@ logger = logging.getLogger("flowtel.spool")
 
 FORMAT_VERSION = 1
 RUN, STEP = "r", "s"
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 _DATETIMES = sorted(
     c.name for t in (workflow_history, _steps) for c in t.columns if isinstance(c.type, UTCDateTime)
@@ -76,7 +76,7 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return (value - _EPOCH) // _MICROSECOND
+        return (value - EPOCH) // _MICROSECOND
     return str(value)  # anything else the database's JSON type would not take either
 
 
@@ -128,7 +128,7 @@ class SpoolHeader:
         for name in self.datetimes:
             value = row.get(name)
             if isinstance(value, int):
-                row[name] = _EPOCH + dt.timedelta(microseconds=value)
+                row[name] = EPOCH + dt.timedelta(microseconds=value)
         for name in RUN_COLUMNS if kind == RUN else STEP_COLUMNS:
             row.setdefault(name, None)  # a column added since the file was written
         return kind, row
