@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -49,7 +48,6 @@ class DatabaseThread:
         self._notify = notify
         self._job: tuple[str, Callable[[], Any]] | None = None
         self._outcome: Outcome | None = None
-        self._started_at = 0.0
         self._submitted = threading.Event()
         self._finished = threading.Event()
         self._calling = threading.Lock()  # held during each call, and across os.fork()
@@ -68,16 +66,11 @@ class DatabaseThread:
         job = self._job
         return job[0] if job is not None else None
 
-    def busy_for(self, now: float) -> float:
-        """Seconds the current call has been running (0 when idle)."""
-        return 0.0 if self._job is None else now - self._started_at
-
     def submit(self, kind: str, call: Callable[[], Any]) -> None:
         """Start *call* (the thread must be idle)."""
         if self._job is not None:
             raise RuntimeError("a database call is already in flight")
         self._job = (kind, call)
-        self._started_at = time.monotonic()
         self._finished.clear()
         if self._thread is None:
             self._thread = threading.Thread(
