@@ -119,6 +119,7 @@ _RUN_START, _STEP_START, _RUN_END, _STEP_END = 0, 1, 2, 3
 _RUN_ID, _STEP_NAME = attr.RUN_ID, attr.STEP_NAME
 _STEP_INDEX, _STEP_ATTEMPT = attr.STEP_INDEX, attr.STEP_ATTEMPT
 _STEP_STATUS, _STEP_MESSAGE = attr.STEP_STATUS, attr.STEP_MESSAGE
+_START_SPAN_ID, _END_SPAN_ID = 5, 7  # where a step start's / step end's tuple holds its span id
 
 
 def capture_start(span: Any) -> tuple[Any, ...] | None:
@@ -254,10 +255,10 @@ def drop_superseded_starts(raws: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]
     replaces the start's row, so folding both only costs the writer time: on a busy writer
     nearly every step starts and ends within one batch.
     """
-    ended = {raw[7] for raw in raws if raw[0] == _STEP_END}
+    ended = {raw[_END_SPAN_ID] for raw in raws if raw[0] == _STEP_END}
     if not ended:
         return raws
-    return [raw for raw in raws if raw[0] != _STEP_START or raw[5] not in ended]
+    return [raw for raw in raws if raw[0] != _STEP_START or raw[_START_SPAN_ID] not in ended]
 
 
 def _error(events: tuple[Any, ...]) -> ErrorInfo | None:
