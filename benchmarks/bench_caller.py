@@ -42,9 +42,9 @@ from benchmarks.common import (
     flowtel_provider,
     interleave,
     median,
+    provision_run,
     ratio_summary,
 )
-from instrumentation import workflow_run
 
 GOAL = 1.3
 
@@ -96,21 +96,13 @@ def bare_round(tracer: Any, runs: int) -> dict[str, float]:
     return _per_step(totals, runs)
 
 
-def flowtel_round(provider: Any, processor: Any, runs: int, serial: list[int]) -> dict[str, float]:
+def flowtel_round(provider: Any, processor: Any, runs: int) -> dict[str, float]:
     """The loop with flowtel steps inside a flowtel run; flushed after the timing."""
     perf, cpu = time.perf_counter, time.thread_time
     totals = dict.fromkeys(("step_wall", "step_cpu", "wall", "cpu"), 0.0)
     w0, c0 = perf(), cpu()
     for _ in range(runs):
-        serial[0] += 1
-        n = serial[0]
-        with workflow_run(
-            "provision_server",
-            workflow_id=f"provision_srv-{n}",
-            context={"server_id": f"srv-{n}", "device_type": "a1_c5_large"},
-            total_steps=len(STEPS),
-            tracer_provider=provider,
-        ) as run:
+        with provision_run(provider) as run:
             w, c = perf(), cpu()
             for name in STEPS:
                 with run.step(name):
@@ -133,15 +125,14 @@ def run(
     exported.add_span_processor(BatchSpanProcessor(NullExporter()))
     exported_tracer = exported.get_tracer("bench")
     provider, processor = flowtel_provider(database_url("sqlite", "caller"))
-    serial = [0]
     # warm-up: caches, code paths, the writer's first batch
     bare_round(tracer, 20)
     bare_round(exported_tracer, 20)
-    flowtel_round(provider, processor, 20, serial)
+    flowtel_round(provider, processor, 20)
     loops = {
         "bare_span": lambda: bare_round(tracer, runs),
         "bare_span_exported": lambda: bare_round(exported_tracer, runs),
-        "flowtel_step": lambda: flowtel_round(provider, processor, runs, serial),
+        "flowtel_step": lambda: flowtel_round(provider, processor, runs),
     }
     results = interleave(rounds, {"call": lambda: call_round(runs), **loops})
     gc.collect()

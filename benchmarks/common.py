@@ -172,19 +172,24 @@ def run_bare_workflows(tracer: Any, count: int) -> None:
 _serial = [0]
 
 
+def provision_run(provider: TracerProvider, prefix: str = "srv") -> Any:
+    """The ``workflow_run`` scope of the next benchmark workflow (a new server each time)."""
+    _serial[0] += 1
+    n = _serial[0]
+    return workflow_run(
+        "provision_server",
+        workflow_id=f"provision_{prefix}-{n}",
+        context={"server_id": f"{prefix}-{n}", "device_type": "a1_c5_large"},
+        total_steps=len(STEPS),
+        tracer_provider=provider,
+    )
+
+
 def run_flowtel_workflows(provider: TracerProvider, count: int, prefix: str = "srv") -> list[str]:
     """*count* 23-step workflows through flowtel's context-manager API; returns the run ids."""
     run_ids = []
     for _ in range(count):
-        _serial[0] += 1
-        n = _serial[0]
-        with workflow_run(
-            "provision_server",
-            workflow_id=f"provision_{prefix}-{n}",
-            context={"server_id": f"{prefix}-{n}", "device_type": "a1_c5_large"},
-            total_steps=len(STEPS),
-            tracer_provider=provider,
-        ) as run:
+        with provision_run(provider, prefix) as run:
             for name in STEPS:
                 with run.step(name):
                     pass
