@@ -37,10 +37,10 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.history_data import RUN_COLS, STEP_COLS, Run, generate, rows
-from exporters.database import make_engine
-from exporters.queries import HistoryStore
-from exporters.schema import workflow_history, workflow_step_history
-from exporters.timestamps import sqlite_text
+from exporters.db.engine import make_engine
+from exporters.db.schema import workflow_history, workflow_step_history
+from exporters.db.timestamps import sqlite_text
+from exporters.query.store import HistoryStore
 
 BENCH_DB = "flowtel_bench_history"
 RUN_LIST, STEP_LIST = ",".join(RUN_COLS), ",".join(STEP_COLS)

@@ -36,12 +36,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from benchmarks.common import available_backends, database_url, machine_info, median
 from exporters import WorkflowHistorySpanProcessor, make_engine
-from exporters.bulk import bulk_upsert_rows
-from exporters.replay import Replayer, fold_rows
-from exporters.schema import metadata
-from exporters.schema_check import prepare_schema
-from exporters.spool import spool_files, spool_key
-from exporters.spoolfile import read_header, read_records
+from exporters.db.bulk import bulk_upsert_rows
+from exporters.db.check import prepare_schema
+from exporters.db.schema import metadata
+from exporters.spool.files import spool_files, spool_key
+from exporters.spool.format import read_header, read_records
+from exporters.spool.replay import Replayer, fold_rows
 from instrumentation import workflow_run
 
 DOWN = "postgresql+psycopg://flowtel@127.0.0.1:9/nowhere?connect_timeout=1"

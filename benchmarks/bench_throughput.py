@@ -51,7 +51,7 @@ from benchmarks.common import (
     wait_committed,
 )
 from benchmarks.oldway import OldWayRecorder, old_engine
-from exporters.metrics import WorkflowMetricsSpanProcessor
+from exporters.telemetry.metrics import WorkflowMetricsSpanProcessor
 
 GOAL_WF_PER_S = 1000
 GOAL_VS_OLD = 20.0

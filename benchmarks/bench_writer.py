@@ -3,7 +3,7 @@
 The events of N workflows are captured once, exactly as the processor captures them on the
 application's thread. Then, interleaved round by round on the same database:
 
-- **writer**: :class:`exporters.writer.HistoryWriter` folds them batch by batch (decoding,
+- **writer**: :class:`exporters.history.writer.HistoryWriter` folds them batch by batch (decoding,
   folding per run, rendering rows and the metadata JSON) and commits each batch — the whole of
   the writer thread's work, driven directly so nothing else shares the timing;
 - **plain Core**: the very rows the writer produced (rendered beforehand, outside the timing),
@@ -36,9 +36,9 @@ from benchmarks.common import (
 )
 from exporters import make_engine
 from exporters import writer as writer_module
-from exporters.events import capture_end, capture_start
-from exporters.schema import create_schema, metadata, workflow_history, workflow_step_history
-from exporters.writer import HistoryWriter
+from exporters.db.schema import create_schema, metadata, workflow_history, workflow_step_history
+from exporters.history.capture import capture_end, capture_start
+from exporters.history.writer import HistoryWriter
 
 GOAL = 0.8
 BATCH_EVENTS = 5_000  # the processor's default max_batch_size

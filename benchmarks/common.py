@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export import (  # noqa: E402
 )
 
 from exporters import WorkflowHistorySpanProcessor, make_engine  # noqa: E402
-from exporters.schema import metadata  # noqa: E402
+from exporters.db.schema import metadata  # noqa: E402
 from instrumentation import workflow_run  # noqa: E402
 
 STEPS: tuple[str, ...] = (

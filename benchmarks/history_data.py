@@ -16,8 +16,8 @@ import random
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from exporters.demo_workflow import STEPS
-from exporters.timestamps import EPOCH
+from exporters.cli.demo_workflow import STEPS
+from exporters.db.timestamps import EPOCH
 
 RUN_COLS = (
     "run_id", "workflow_id", "workflow_name", "server_id", "device_type", "status", "started_at",

@@ -6,7 +6,7 @@
   ``BatchSpanProcessor`` (no-op exporter), profiled on the application's thread;
 - **writer**: the writer thread's whole job on the events of N workflows — decoding, folding,
   rendering rows and the metadata JSON, binding and committing — driven directly in this
-  thread so the profiler sees it (``exporters.writer.HistoryWriter.fold``/``write``).
+  thread so the profiler sees it (``exporters.history.writer.HistoryWriter.fold``/``write``).
 
 Uses pyinstrument (``pip install 'flowtel[dev]'``) when installed, else cProfile (or with
 ``--cprofile``); reports go to stdout and ``benchmarks/results/profile-<path>.txt``.
@@ -35,8 +35,8 @@ from benchmarks.common import (
     run_flowtel_workflows,
 )
 from exporters import make_engine
-from exporters.schema import create_schema
-from exporters.writer import HistoryWriter
+from exporters.db.schema import create_schema
+from exporters.history.writer import HistoryWriter
 
 
 def profile(function: Callable[[], Any], use_cprofile: bool) -> str:

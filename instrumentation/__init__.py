@@ -9,6 +9,7 @@ the ``exporters`` package.
 
 from __future__ import annotations
 
+from ._version import __version__
 from .attributes import RunStatus, StepStatus
 from .decorators import step, workflow
 from .engine import (
@@ -20,6 +21,7 @@ from .engine import (
     Workflow,
     WorkflowResult,
 )
+from .errors import FlowtelError
 from .limits import Limits, get_limits, set_limits
 from .redaction import (
     REDACTED,
@@ -32,10 +34,9 @@ from .redaction import (
 from .runs import RunScope, WorkflowRun, current_run, workflow_run
 from .steps import StepRun, StepScope
 
-__version__ = "0.1.0"
-
 __all__ = [
     "REDACTED",
+    "FlowtelError",
     "Limits",
     "Redactor",
     "ResultStatus",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .errors import FlowtelError
 from .results import StepContext, WorkflowResult
 
 __all__ = [
@@ -48,7 +49,7 @@ Request = Call | Sleep
 Driver = Generator[Request, Any, WorkflowResult]
 
 
-class AsyncInSyncRun(TypeError):
+class AsyncInSyncRun(FlowtelError, TypeError):
     """User code returned an awaitable under ``Workflow.run``; never retried."""
 
 

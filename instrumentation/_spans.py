@@ -21,6 +21,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from . import attributes as attr
+from ._version import __version__
 from .clean import clean_error_type, clean_json, clean_message, clean_stacktrace
 from .limits import get_limits
 
@@ -52,7 +53,6 @@ def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tra
     cached_provider, cached_tracer = _cache
     if cached_provider is provider and cached_tracer is not None:
         return cached_tracer
-    from . import __version__
 
     tracer = provider.get_tracer(attr.INSTRUMENTATION_NAME, __version__)
     _cache = (provider, tracer)

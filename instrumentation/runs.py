@@ -143,7 +143,8 @@ class WorkflowRun:
         """Mark the run ``failed`` without raising (e.g. a step result said stop)."""
         self._failure = (clean_message(message), error_type and clean_error_type(error_type))
 
-    def _step_finished(self, step: StepRun) -> None:
+    def step_finished(self, step: StepRun) -> None:
+        """Count *step*'s outcome once it has ended (called by the step itself)."""
         if step.status in (StepStatus.COMPLETED, StepStatus.SKIPPED):
             if step.index not in self._done_indexes:
                 self._done_indexes.add(step.index)

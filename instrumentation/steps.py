@@ -8,11 +8,13 @@ the attempt ``failed`` and is re-raised unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import attributes as attr
@@ -20,10 +22,30 @@ from ._spans import AsyncScope, error_description, record_error
 from .attributes import StepStatus
 from .clean import clean_error_type, clean_message
 
-if TYPE_CHECKING:
-    from .runs import WorkflowRun
+__all__ = ["StepOwner", "StepRun", "StepScope"]
 
-__all__ = ["StepRun", "StepScope"]
+
+class StepOwner(Protocol):
+    """What a step needs of the run it belongs to (``WorkflowRun`` is one)."""
+
+    @property
+    def run_id(self) -> str:
+        """The run's id, carried by every step span."""
+        ...
+
+    @property
+    def context(self) -> Mapping[str, Any]:
+        """The run's context (redacted)."""
+        ...
+
+    @property
+    def parent_context(self) -> Context:
+        """The context step spans start in: the run's span is their parent."""
+        ...
+
+    def step_finished(self, step: StepRun) -> None:
+        """Called once when an attempt ends, with its final status set."""
+        ...
 
 
 class StepRun:
@@ -31,7 +53,7 @@ class StepRun:
 
     __slots__ = ("_explicit", "attempt", "index", "message", "name", "run", "span", "status")
 
-    def __init__(self, run: WorkflowRun, name: str, index: int, attempt: int, span: Span) -> None:
+    def __init__(self, run: StepOwner, name: str, index: int, attempt: int, span: Span) -> None:
         self.run = run
         self.name = name
         self.index = index
@@ -89,7 +111,7 @@ class StepRun:
                     attr.STEP_MESSAGE: clean_message(self.message),
                 }
             )
-        self.run._step_finished(self)
+        self.run.step_finished(self)
 
 
 def _clean(message: object) -> str | None:
@@ -104,7 +126,7 @@ class StepScope(AsyncScope[StepRun]):
 
     def __init__(
         self,
-        run: WorkflowRun,
+        run: StepOwner,
         tracer: trace.Tracer,
         name: str,
         index: int,

@@ -23,8 +23,8 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 
 from exporters import WorkflowHistorySpanProcessor, make_engine
-from exporters.replay import replay_spool
-from exporters.signals import install_sigterm_handler
+from exporters.spool.replay import replay_spool
+from exporters.telemetry.signals import install_sigterm_handler
 from instrumentation import workflow_run
 
 STEPS = ("select", "configure", "deploy")

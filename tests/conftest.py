@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from exporters import WorkflowHistorySpanProcessor, make_engine
-from exporters.schema import metadata, workflow_history, workflow_step_history
+from exporters.db.schema import metadata, workflow_history, workflow_step_history
 from tests.pg_private import private_postgres  # noqa: F401 - the fixture, registered once
 
 BACKENDS = ("sqlite", "postgresql", "mysql")

@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
-from exporters.events import (
+from exporters.history.capture import (
     StepEnd,
     StepStart,
     capture_end,
@@ -24,8 +24,8 @@ from exporters.events import (
     decode,
     drop_superseded_starts,
 )
-from exporters.metrics import WorkflowMetricsSpanProcessor
-from exporters.pending import PendingRows
+from exporters.history.pending import PendingRows
+from exporters.telemetry.metrics import WorkflowMetricsSpanProcessor
 from instrumentation import workflow_run
 
 

@@ -16,9 +16,9 @@ from sqlalchemy.engine import Engine
 
 from exporters.cli import main
 from exporters.cli._common import parse_when
-from exporters.database import make_engine
-from exporters.durations import DURATION_FORMS
-from exporters.schema import create_schema
+from exporters.db.engine import make_engine
+from exporters.db.schema import create_schema
+from exporters.ops.durations import DURATION_FORMS
 from instrumentation import __version__
 
 from .test_queries import T0, add, run_row, step_row

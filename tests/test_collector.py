@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from exporters import workflow_history
-from exporters.metrics import DURATION_BUCKETS
+from exporters.telemetry.metrics import DURATION_BUCKETS
 from tests.collector_support import (
     CONFIG,
     Collector,

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from exporters import make_engine
 from exporters.cli.reap import reap as reap_command
-from exporters.schema import workflow_history, workflow_step_history
+from exporters.db.schema import workflow_history, workflow_step_history
 from tests.pg_private import PrivatePostgres
 
 ROOT = Path(__file__).resolve().parent.parent

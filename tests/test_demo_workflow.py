@@ -1,4 +1,4 @@
-"""Tests for exporters.demo_workflow: the 23 steps, seeded outcomes, retries, skips, redaction."""
+"""Tests for exporters.cli.demo_workflow: 23 steps, seeded outcomes, retries, skips, redaction."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from exporters.demo_workflow import (
+from exporters.cli.demo_workflow import (
     STEPS,
     WORKFLOW_NAME,
     BiosVerificationError,

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from exporters.cli import main
 from exporters.cli._common import Duration, When, parse_when
-from exporters.durations import DURATION_FORMS, MAX_DURATION, duration_text, parse_duration
+from exporters.ops.durations import DURATION_FORMS, MAX_DURATION, duration_text, parse_duration
 
 T0 = dt.datetime(2026, 11, 8, 12, 0, tzinfo=dt.UTC)
 
@@ -41,7 +41,7 @@ ACCEPTED: list[tuple[str, dt.timedelta]] = [
 """Texts every duration option accepts, and the duration each one means."""
 
 TOO_LONG = ["365001d", "9" * 400]
-"""Durations longer than :data:`~exporters.durations.MAX_DURATION`."""
+"""Durations longer than :data:`~exporters.ops.durations.MAX_DURATION`."""
 
 REJECTED = [
     *TOO_LONG,

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from exporters import make_engine
-from exporters.schema import workflow_history, workflow_step_history
+from exporters.db.schema import workflow_history, workflow_step_history
 
 ROOT = Path(__file__).resolve().parent.parent
 

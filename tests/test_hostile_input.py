@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
-from exporters.migrations.backfill import LEGACY_RUN_ID_PREFIX
-from exporters.schema import workflow_history
+from exporters.db.migrations.backfill import LEGACY_RUN_ID_PREFIX
+from exporters.db.schema import workflow_history
 from instrumentation import attributes as attr
 from instrumentation import current_run, workflow, workflow_run
 from instrumentation._validation import RESERVED_RUN_ID_PREFIX

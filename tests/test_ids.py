@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from exporters.ids import PrivateRandomIdGenerator
+from exporters.telemetry.provider import PrivateRandomIdGenerator
 from instrumentation._ids import new_run_id
 
 

@@ -13,7 +13,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from exporters.sanitize import dumps_json, span_limits
+from exporters.db.json import dumps_json
+from exporters.telemetry.provider import span_limits
 from instrumentation import workflow_run
 from instrumentation.clean import clean_json, clean_text, keep_log_lines
 from instrumentation.limits import Limits, get_limits, set_limits, truncate

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import format_span_id, format_trace_id
 
-from exporters.logs import (
+from exporters.telemetry.logs import (
     ID_KEYS,
     add_log_event,
     configure_logging,

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from exporters import make_engine
-from exporters.schema import metadata, workflow_history, workflow_step_history
+from exporters.db.schema import metadata, workflow_history, workflow_step_history
 from tests.test_outage import write_locked
 
 ROOT = Path(__file__).resolve().parent.parent

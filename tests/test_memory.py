@@ -19,10 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 from exporters import make_engine
-from exporters.replay import Replayer
-from exporters.schema import workflow_history, workflow_step_history
-from exporters.schema_check import prepare_schema
-from exporters.spool import spool_directory, spool_key, spool_status
+from exporters.db.check import prepare_schema
+from exporters.db.schema import workflow_history, workflow_step_history
+from exporters.spool.files import spool_directory, spool_key, spool_status
+from exporters.spool.replay import Replayer
 
 ROOT = Path(__file__).resolve().parent.parent
 UNREACHABLE = "postgresql+psycopg://flowtel@127.0.0.1:9/nowhere?connect_timeout=1"

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from exporters import AuditSampler
-from exporters.metrics import (
+from exporters.telemetry.metrics import (
     ACTIVE_RUNS,
     DURATION_BUCKETS,
     RUN_DURATION,

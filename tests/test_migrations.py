@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from exporters import WorkflowHistorySpanProcessor, make_engine, migrations
 from exporters.cli.db import db
 from exporters.cli.history import runs, show
-from exporters.migrations.legacy import LEGACY_SERVICE_NAME
-from exporters.schema import create_schema
+from exporters.db.migrations.legacy import LEGACY_SERVICE_NAME
+from exporters.db.schema import create_schema
 from instrumentation import StepContext
 from tests.conftest import BACKENDS, SERVER_ENV, missing_service
 from tests.old_model import ported
@@ -249,7 +249,7 @@ def test_imported_rows_whose_metadata_is_not_json_can_be_shown(tmp_path: Path) -
 
 
 def test_the_reaper_leaves_imported_rows_alone(tmp_path: Path) -> None:
-    from exporters.reaper import reap
+    from exporters.ops.reaper import reap
 
     url = f"sqlite:///{tmp_path}/old.db"
     build_old_database(url, broken_json=False)

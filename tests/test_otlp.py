@@ -22,15 +22,15 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from exporters import WorkflowHistorySpanProcessor, make_engine, workflow_history
-from exporters.otlp import (
+from exporters.configure import Flowtel
+from exporters.telemetry.otlp import (
     DEFAULT_TIMEOUT_S,
     OTLPSettings,
     call_with_timeout,
     otlp_protocol,
     otlp_requested,
 )
-from exporters.otlp import make_resource as _resource
-from exporters.setup import Flowtel
+from exporters.telemetry.otlp import make_resource as _resource
 from instrumentation import workflow_run
 from tests.collector_support import run_child
 

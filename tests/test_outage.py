@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from opentelemetry.sdk.trace import TracerProvider
 
 from exporters import WorkflowHistorySpanProcessor, make_engine
-from exporters.replay import replay_spool
-from exporters.schema import workflow_history, workflow_step_history
-from exporters.spool import spool_files
+from exporters.db.schema import workflow_history, workflow_step_history
+from exporters.spool.files import spool_files
+from exporters.spool.replay import replay_spool
 from instrumentation import workflow_run
 from tests.pg_private import PrivatePostgres
 

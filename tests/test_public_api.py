@@ -1,4 +1,4 @@
-"""The public surface: sorted ``__all__``, one-way dependencies, module size and docstrings."""
+"""The public surface: sorted ``__all__``, one-way dependencies and docstrings."""
 
 from __future__ import annotations
 
@@ -63,8 +63,11 @@ def test_instrumentation_never_imports_exporters() -> None:
     "path",
     sorted(p.relative_to(ROOT).as_posix() for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")),
 )
-def test_module_is_small_and_documented(path: str) -> None:
-    """Every module opens with a docstring and stays under 350 lines."""
+def test_module_is_documented(path: str) -> None:
+    """Every module and package opens with a docstring that says what lives there.
+
+    The shape of the house (which package may import which) is the import contract in
+    ``pyproject.toml``, checked by ``lint-imports`` in ``.ci/run``.
+    """
     source = (ROOT / path).read_text()
     assert ast.get_docstring(ast.parse(source)), f"{path} has no module docstring"
-    assert len(source.splitlines()) <= 350, f"{path} is too long; split it by concept"

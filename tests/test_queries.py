@@ -1,4 +1,4 @@
-"""Tests for exporters.queries: filters, ordering, lookup and JSON on every supported database."""
+"""Tests for exporters.query.store: filters, order, lookup and JSON on every supported database."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
-from exporters.database import make_engine
-from exporters.queries import (
+from exporters.db.engine import make_engine
+from exporters.db.schema import create_schema, workflow_history, workflow_step_history
+from exporters.query.store import (
     AmbiguousRunError,
     HistoryStore,
     RunNotFoundError,
 )
-from exporters.schema import create_schema, workflow_history, workflow_step_history
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 _span_ids = itertools.count(1)

@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from exporters import WorkflowHistorySpanProcessor, create_schema, make_engine
 from exporters.cli.reap import reap as reap_command
-from exporters.reaper import reap
-from exporters.schema import workflow_history
-from exporters.upsert import upsert_rows
+from exporters.db.schema import workflow_history
+from exporters.db.upsert import upsert_rows
+from exporters.ops.reaper import reap
 from instrumentation import workflow_run
 from tests.test_outage import wait_for
 

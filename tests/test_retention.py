@@ -17,9 +17,9 @@ from click.testing import CliRunner
 
 from exporters import make_engine
 from exporters.cli.db import db
-from exporters.retention import PruneResult, prune
-from exporters.schema import workflow_history, workflow_step_history
-from exporters.schema_check import prepare_schema
+from exporters.db.check import prepare_schema
+from exporters.db.schema import workflow_history, workflow_step_history
+from exporters.ops.retention import PruneResult, prune
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 OLD, RECENT = NOW - dt.timedelta(days=100), NOW - dt.timedelta(days=10)

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import format_trace_id
 
 from exporters import AuditSampler
-from exporters.sampling import sampler_from_env
+from exporters.telemetry.sampling import sampler_from_env
 from instrumentation import workflow_run
 from instrumentation.attributes import RUN_ID
 from tests.collector_support import run_child

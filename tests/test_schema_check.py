@@ -1,6 +1,6 @@
 """The schema check and ``prepare_schema``: every difference in one report, fail fast, not per row.
 
-Each test builds the history tables as ``exporters/schema.py`` defines them but with one
+Each test builds the history tables as ``exporters/db/schema.py`` defines them but with one
 deliberate change (a dropped, retyped or extra column, a missing index or unique constraint)
 on SQLite, PostgreSQL and MariaDB, and checks what :func:`check_schema` reports, whether
 :func:`prepare_schema` refuses with a message naming ``flowtel db upgrade``, what ``flowtel db
@@ -22,13 +22,13 @@ from sqlalchemy.dialects import mysql
 
 from exporters import WorkflowHistorySpanProcessor, display_url, make_engine, migrations
 from exporters.cli.db import db
-from exporters.schema import metadata
-from exporters.schema_check import (
+from exporters.db.check import (
     SchemaDifference,
     SchemaMismatchError,
     check_schema,
     prepare_schema,
 )
+from exporters.db.schema import metadata
 from instrumentation import workflow_run
 
 UNREACHABLE = "postgresql+psycopg://flowtel:s3cret-pw@127.0.0.1:1/flowtel"

@@ -19,12 +19,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from exporters import WorkflowHistorySpanProcessor, make_engine
 from exporters.cli.spool import spool as spool_command
-from exporters.replay import Replayer, replay_spool
-from exporters.schema import metadata, workflow_history, workflow_step_history
-from exporters.schema_check import prepare_schema
-from exporters.spool import Spool, spool_directory, spool_files, spool_key
-from exporters.spoolfile import read_header, read_records
-from exporters.upsert import upsert_rows
+from exporters.db.check import prepare_schema
+from exporters.db.schema import metadata, workflow_history, workflow_step_history
+from exporters.db.upsert import upsert_rows
+from exporters.spool.files import Spool, spool_directory, spool_files, spool_key
+from exporters.spool.format import read_header, read_records
+from exporters.spool.replay import Replayer, replay_spool
 from instrumentation import workflow_run
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)

@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import event, insert
 from sqlalchemy.engine import Engine
 
-from exporters.database import make_engine
-from exporters.queries import AmbiguousRunError, HistoryStore
-from exporters.schema import create_schema, workflow_history, workflow_step_history
+from exporters.db.engine import make_engine
+from exporters.db.schema import create_schema, workflow_history, workflow_step_history
+from exporters.query.store import AmbiguousRunError, HistoryStore
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TRACE = "0af7651916cd43dd8448eb211c80319c"

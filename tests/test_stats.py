@@ -1,4 +1,4 @@
-"""Tests for exporters.stats and ``flowtel stats``: counts, percentiles, steps, groups, JSON."""
+"""Tests for exporters.query.stats and ``flowtel stats``: counts, percentiles, steps, groups."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from exporters import stats
-from exporters.database import make_engine
-from exporters.queries import HistoryStore, StatsReport
-from exporters.schema import create_schema
-from exporters.stats import percentile
+from exporters.db.engine import make_engine
+from exporters.db.schema import create_schema
+from exporters.query import stats
+from exporters.query.stats import percentile
+from exporters.query.store import HistoryStore, StatsReport
 
 from .test_cli import UNREACHABLE, invoke
 from .test_queries import T0, add, run_row, step_row

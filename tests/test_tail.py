@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from exporters.database import make_engine
-from exporters.queries import HistoryStore
-from exporters.schema import create_schema
+from exporters.db.engine import make_engine
+from exporters.db.schema import create_schema
+from exporters.query.store import HistoryStore
 
 from .test_cli import ROOT, UNREACHABLE, invoke
 from .test_queries import T0, add, run_row

@@ -1,6 +1,6 @@
 """The writer's fast timestamp paths give exactly what the slow, obvious ones give.
 
-``exporters.timestamps`` adds microseconds to a cached whole second (as a datetime, ISO text
+``exporters.db.timestamps`` adds microseconds to a cached whole second (as a datetime, ISO text
 or, for the UTC timestamp type's SQLite binding, SQLite's text); each must agree with plain
 datetime arithmetic and formatting on any instant, including ones before the epoch, at second
 boundaries and at the end of the calendar, and the bulk writer must bind through that type.
@@ -13,9 +13,9 @@ import random
 
 from sqlalchemy.dialects import sqlite
 
-from exporters.bulk import _bulk
-from exporters.schema import UTCDateTime
-from exporters.timestamps import iso_text, to_datetime
+from exporters.db.bulk import _bulk
+from exporters.db.schema import UTCDateTime
+from exporters.db.timestamps import iso_text, to_datetime
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 EDGES = [

@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from exporters import create_schema, make_engine
-from exporters.schema import workflow_history, workflow_step_history
-from exporters.upsert import upsert_rows
+from exporters.db.schema import workflow_history, workflow_step_history
+from exporters.db.upsert import upsert_rows
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 

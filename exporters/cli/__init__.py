@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import click
 
+from exporters.cli.db import db
+from exporters.cli.demo import demo
+from exporters.cli.history import runs, show
+from exporters.cli.reap import reap
+from exporters.cli.spool import spool
+from exporters.cli.stats import stats
+from exporters.cli.tail import tail
 from instrumentation import __version__
-
-from .db import db
-from .demo import demo
-from .history import runs, show
-from .reap import reap
-from .spool import spool
-from .stats import stats
-from .tail import tail
 
 __all__ = ["main"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import main
+from exporters.cli import main
 
 __all__: list[str] = []
 

@@ -2,7 +2,7 @@
 
 A database that cannot be opened or read becomes one line naming the URL with its password
 masked and exit status 2, never a traceback. :class:`Duration` (``--older-than``) takes the
-grammar of :mod:`exporters.durations`; :class:`When` (``--since``/``--until``) takes the same
+grammar of :mod:`exporters.ops.durations`; :class:`When` (``--since``/``--until``) takes the same
 durations, counted back from now, or an ISO 8601 date or time (UTC unless it says otherwise).
 Tables go through a rich console that is wide enough to read when piped.
 """
@@ -23,11 +23,10 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from exporters.db.engine import DatabaseURLError, display_url, resolve_database_url
+from exporters.ops.durations import DURATION_FORMS, parse_duration
+from exporters.query.store import HistoryStore
 from instrumentation.redaction import mask_url_credentials
-
-from ..database import DatabaseURLError, display_url, resolve_database_url
-from ..durations import DURATION_FORMS, parse_duration
-from ..queries import HistoryStore
 
 __all__ = [
     "NOTHING_RECORDED",
@@ -117,13 +116,13 @@ def history_store(db: str | None) -> Iterator[HistoryStore | None]:
 def parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """Parse an ISO 8601 date or time (UTC unless it has an offset) or a duration before *now*.
 
-    Durations follow :func:`exporters.durations.parse_duration` (``90``, ``30m``, ``1.5h``,
+    Durations follow :func:`exporters.ops.durations.parse_duration` (``90``, ``30m``, ``1.5h``,
     ``7d``, ``2w``). An ISO form wins where both could apply: ``20261101`` is 1 November 2026,
     not 20,261,101 seconds.
 
     Raises:
         ValueError: *text* is neither, or a duration longer than
-            :data:`~exporters.durations.MAX_DURATION`; the message says what is accepted.
+            :data:`~exporters.ops.durations.MAX_DURATION`; the message says what is accepted.
     """
     try:
         parsed = dt.datetime.fromisoformat(text.strip())
@@ -168,7 +167,7 @@ class When(_DatetimeParam):
 
 
 class Duration(_TimedeltaParam):
-    """A click parameter for :func:`exporters.durations.parse_duration` (``--older-than``)."""
+    """A click parameter for :func:`exporters.ops.durations.parse_duration` (``--older-than``)."""
 
     name = "duration"
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import click
 from sqlalchemy import inspect
 
-from .. import migrations
-from ..database import display_url, make_engine, resolve_database_url
-from ..retention import prune
-from ..schema import metadata
-from ..schema_check import SchemaDifference, SchemaReport, check_schema
-from ._common import Duration, database_errors, db_option, echo_json
+from exporters.cli._common import Duration, database_errors, db_option, echo_json
+from exporters.db import migrations
+from exporters.db.check import SchemaDifference, SchemaReport, check_schema
+from exporters.db.engine import display_url, make_engine, resolve_database_url
+from exporters.db.schema import metadata
+from exporters.ops.retention import prune
 
 __all__ = ["db"]
 

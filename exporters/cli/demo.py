@@ -1,7 +1,7 @@
 """``flowtel demo``: record simulated provisioning runs, then say where to look.
 
 It configures flowtel on the chosen database (the embedded SQLite file by default), runs
-:func:`~exporters.demo_workflow.run_demo` with a progress bar on stderr (plain lines when stderr
+:func:`~exporters.cli.demo_workflow.run_demo` with a progress bar on stderr (plain lines when stderr
 is not a terminal), flushes and shuts flowtel down so every row is written, and prints a summary
 with the commands to run next, or the same summary as JSON with ``--json``.
 """
@@ -15,10 +15,10 @@ from contextlib import contextmanager
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..database import display_url, make_engine
-from ..demo_workflow import WORKFLOW_NAME, DemoSummary, RunOutcome, run_demo
-from ..setup import configure
-from ._common import database_errors, db_option, echo_json, make_console
+from exporters.cli._common import database_errors, db_option, echo_json, make_console
+from exporters.cli.demo_workflow import WORKFLOW_NAME, DemoSummary, RunOutcome, run_demo
+from exporters.configure import configure
+from exporters.db.engine import display_url, make_engine
 
 __all__ = ["demo"]
 

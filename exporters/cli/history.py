@@ -20,11 +20,15 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from instrumentation import RunStatus
-
-from ..queries import AmbiguousRunError, RunDetail, RunNotFoundError, RunSummary, StepRecord
-from ._common import NOTHING_RECORDED, When, db_option, echo_json, history_store, make_console
-from ._format import (
+from exporters.cli._common import (
+    NOTHING_RECORDED,
+    When,
+    db_option,
+    echo_json,
+    history_store,
+    make_console,
+)
+from exporters.cli._format import (
     fmt_duration,
     fmt_time,
     log_line,
@@ -34,6 +38,14 @@ from ._format import (
     truncate,
     waterfall_bar,
 )
+from exporters.query.store import (
+    AmbiguousRunError,
+    RunDetail,
+    RunNotFoundError,
+    RunSummary,
+    StepRecord,
+)
+from instrumentation import RunStatus
 
 __all__ = ["runs", "show"]
 

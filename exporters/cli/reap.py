@@ -3,9 +3,9 @@
 A writer refreshes ``updated_at`` of its running runs every few seconds; a process that died
 (SIGKILL, OOM, power cut) leaves its runs ``running`` forever. ``reap`` marks those whose
 heartbeat is older than ``--older-than`` as ``abandoned``, with the reason in
-``metadata.abandoned`` (see :func:`exporters.reaper.reap`); if the process was merely stalled,
+``metadata.abandoned`` (see :func:`exporters.ops.reaper.reap`); if the process was merely stalled,
 its own terminal write still replaces ``abandoned`` later. ``--older-than`` takes the duration
-grammar of :mod:`exporters.durations` (``90``, ``30s``, ``10m``, ``1.5h``, ``1d``, ``1w``). A
+grammar of :mod:`exporters.ops.durations` (``90``, ``30s``, ``10m``, ``1.5h``, ``1d``, ``1w``). A
 missing database reaps nothing; one that cannot be reached ends with exit status 2.
 """
 
@@ -15,9 +15,9 @@ import datetime as dt
 
 import click
 
-from ..durations import duration_text
-from ..reaper import reap as reap_runs
-from ._common import Duration, db_option, echo_json, history_store
+from exporters.cli._common import Duration, db_option, echo_json, history_store
+from exporters.ops.durations import duration_text
+from exporters.ops.reaper import reap as reap_runs
 
 __all__ = ["reap"]
 

@@ -1,7 +1,7 @@
 """``flowtel spool status`` and ``flowtel spool replay``: the local spool of a history database.
 
 Rows the database could not take wait in a spool directory of their own per database (see
-:mod:`exporters.spool`). ``status`` reads that directory only, never the database: files,
+:mod:`exporters.spool.files`). ``status`` reads that directory only, never the database: files,
 records (row snapshots), bytes, and the age of the oldest file. ``replay`` writes the records to
 the database now, oldest first, as a running writer and ``configure()`` also do; files still
 being written by a live process are left for it. A database that cannot be reached ends with
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
-from ..database import display_url, make_engine, resolve_database_url
-from ..replay import replay_spool
-from ..spool import spool_directory, spool_status
-from ._common import DatabaseUnavailable, database_errors, db_option, echo_json
+from exporters.cli._common import DatabaseUnavailable, database_errors, db_option, echo_json
+from exporters.db.engine import display_url, make_engine, resolve_database_url
+from exporters.spool.files import spool_directory, spool_status
+from exporters.spool.replay import replay_spool
 
 __all__ = ["spool"]
 

@@ -4,8 +4,8 @@ For the runs started in the window (``--since 7d`` by default) it prints, per wo
 runs by outcome, the success rate and the p50/p95/max duration of completed runs; the steps that
 failed most with their most common error; every step's attempts, failures, retries and median
 duration; and with ``--by`` the same run figures split by device type, any other column listed
-in :data:`~exporters.stats.BY_COLUMNS` or a key of the runs' context. ``--json`` prints the
-:class:`~exporters.stats.StatsReport` with stable keys instead.
+in :data:`~exporters.query.stats.BY_COLUMNS` or a key of the runs' context. ``--json`` prints the
+:class:`~exporters.query.stats.StatsReport` with stable keys instead.
 """
 
 from __future__ import annotations
@@ -18,9 +18,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..records import GroupStats, StatsReport, WorkflowStats
-from ._common import NOTHING_RECORDED, When, db_option, echo_json, history_store, make_console
-from ._format import fmt_duration, fmt_rate, fmt_time, text, truncate
+from exporters.cli._common import (
+    NOTHING_RECORDED,
+    When,
+    db_option,
+    echo_json,
+    history_store,
+    make_console,
+)
+from exporters.cli._format import fmt_duration, fmt_rate, fmt_time, text, truncate
+from exporters.query.records import GroupStats, StatsReport, WorkflowStats
 
 __all__ = ["stats"]
 

@@ -20,9 +20,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..queries import ActiveRun, HistoryStore
-from ._common import NOTHING_RECORDED, db_option, history_store, make_console
-from ._format import fit_widths, fmt_age, fmt_time, progress_bar, status_text, text
+from exporters.cli._common import NOTHING_RECORDED, db_option, history_store, make_console
+from exporters.cli._format import fit_widths, fmt_age, fmt_time, progress_bar, status_text, text
+from exporters.query.store import ActiveRun, HistoryStore
 
 __all__ = ["render_frame", "tail"]
 

@@ -1,0 +1,277 @@
+"""``configure()``: one call that wires flowtel into a process.
+
+It opens the history database, builds (or extends) the tracer provider with the history
+processor first, the metrics processor second and, when OTLP export is on, a
+``BatchSpanProcessor`` last; wraps the sampler so that sampling never thins the audit trail;
+sets up metrics over OTLP and structlog/stdlib logging with trace ids; and registers a bounded
+shutdown at interpreter exit. The returned :class:`Flowtel` handle flushes and shuts everything
+down within the timeout it is given, however unreachable the collector is.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import OperationalError
+
+from exporters.db.check import SchemaMismatchError, prepare_schema
+from exporters.db.engine import display_url, make_engine, resolve_database_url
+from exporters.history.processor import WorkflowHistorySpanProcessor
+from exporters.spool.replay import replay_spool
+from exporters.telemetry.logs import configure_logging
+from exporters.telemetry.metrics import WorkflowMetricsSpanProcessor, install_metrics
+from exporters.telemetry.otlp import (
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    OTLPSettings,
+    abort_exporter,
+    call_all_with_timeout,
+    call_with_timeout,
+    make_resource,
+    otlp_requested,
+    shutdown_timeout_from_env,
+)
+from exporters.telemetry.provider import global_provider
+from exporters.telemetry.sampling import AuditSampler, sampler_from_env
+
+__all__ = ["Flowtel", "configure"]
+
+logger = logging.getLogger("flowtel")
+
+
+class Flowtel:
+    """What :func:`configure` set up; flush or shut it down through this handle."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tracer_provider: TracerProvider,
+        processor: WorkflowHistorySpanProcessor,
+        span_export: BatchSpanProcessor | None,
+        owns_provider: bool,
+        *,
+        span_exporter: SpanExporter | None = None,
+        metrics_processor: WorkflowMetricsSpanProcessor | None = None,
+        meter_provider: MeterProvider | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    ) -> None:
+        self.engine = engine
+        self.tracer_provider = tracer_provider
+        self.processor = processor
+        self.span_export = span_export
+        self.span_exporter = span_exporter
+        self.metrics_processor = metrics_processor
+        self.meter_provider = meter_provider
+        """The meter provider flowtel created (``None`` when it uses one it was given)."""
+        self.shutdown_timeout = shutdown_timeout
+        self._owns_provider = owns_provider
+        self._closed = False
+
+    @property
+    def database_url(self) -> URL:
+        """The history database's URL (display it with ``display_url``)."""
+        return self.engine.url
+
+    def _budget(self, timeout_millis: int | None) -> float:
+        return (self.shutdown_timeout * 1000 if timeout_millis is None else timeout_millis) / 1000
+
+    def force_flush(self, timeout_millis: int | None = None) -> bool:
+        """Write all recorded history and export queued telemetry, within the timeout.
+
+        Args:
+            timeout_millis: the whole call's bound (default: the handle's ``shutdown_timeout``).
+
+        Returns:
+            False if the history was not all committed or an export did not finish in time.
+        """
+        deadline = time.monotonic() + self._budget(timeout_millis)
+        ok = self.processor.force_flush(int(self._budget(timeout_millis) * 1000))
+        if self.metrics_processor is not None:
+            self.metrics_processor.force_flush()  # queued spans into the instruments first
+        calls: list[tuple[Callable[[], Any], str]] = []
+        if self.span_export is not None:
+            calls.append((self.span_export.force_flush, "span export flush"))
+        if self.meter_provider is not None:
+            calls.append((self.meter_provider.force_flush, "metrics flush"))
+        return all(call_all_with_timeout(calls, deadline).values()) and ok
+
+    def shutdown(self, timeout_millis: int | None = None) -> bool:
+        """Flush and stop everything flowtel started, within *timeout_millis*; idempotent.
+
+        History is written first; span and metric exports then share what is left of the
+        budget, and exports still stuck at the deadline (a collector that is down or silent)
+        are abandoned, so the call returns in time even though the SDK's own shutdown can block
+        for 30 s.
+
+        Args:
+            timeout_millis: the whole call's bound (default: the handle's ``shutdown_timeout``).
+
+        Returns:
+            False if some history or telemetry could not be delivered in time.
+        """
+        if self._closed:
+            return True
+        self._closed = True
+        budget = self._budget(timeout_millis)
+        deadline = time.monotonic() + budget
+        ok = self.processor.shutdown(int(budget * 1000))
+        if self.metrics_processor is not None:
+            self.metrics_processor.shutdown()  # queued spans into the instruments first
+        calls: list[tuple[Callable[[], Any], str]] = []
+        if self.span_export is not None:
+            calls.append((self.span_export.shutdown, "span export shutdown"))
+        if self.meter_provider is not None:
+            provider = self.meter_provider
+            remaining_ms = max(deadline - time.monotonic(), 0.0) * 1000
+            calls.append((lambda: provider.shutdown(remaining_ms), "metrics shutdown"))
+        done = call_all_with_timeout(calls, deadline)
+        if not done.get("span export shutdown", True) and self.span_exporter is not None:
+            abort_exporter(self.span_exporter)
+        if self._owns_provider:
+            remaining = max(deadline - time.monotonic(), 0.05)
+            call_with_timeout(self.tracer_provider.shutdown, remaining, "tracer provider shutdown")
+        return ok and all(done.values())
+
+    def __repr__(self) -> str:
+        return f"<Flowtel database={display_url(self.engine.url)!r}>"
+
+
+def configure(
+    *,
+    database_url: str | URL | None = None,
+    service_name: str | None = None,
+    service_version: str | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
+    tracer_provider: TracerProvider | None = None,
+    sampler: Sampler | None = None,
+    otlp: bool | None = None,
+    otlp_endpoint: str | None = None,
+    otlp_protocol: str | None = None,
+    otlp_headers: Mapping[str, str] | None = None,
+    otlp_timeout: float | None = None,
+    metrics: bool | None = None,
+    meter_provider: otel_metrics.MeterProvider | None = None,
+    metrics_interval: float | None = None,
+    logs: bool | str = True,
+    log_level: int | str = "INFO",
+    shutdown_timeout: float | None = None,
+    **processor_options: Any,
+) -> Flowtel:
+    """Record workflow history, and export traces and metrics, from this process.
+
+    Args:
+        database_url: the history database (default: ``FLOWTEL_DATABASE_URL``, else
+            ``sqlite:///flowtel.db`` in the working directory).
+        service_name: ``service.name`` and the rows' ``service_name`` (default:
+            ``OTEL_SERVICE_NAME``).
+        service_version: ``service.version`` (default: from ``OTEL_RESOURCE_ATTRIBUTES``, else
+            flowtel's version).
+        resource_attributes: more resource attributes (override the environment's).
+        tracer_provider: add flowtel's processors to this provider instead of creating one.
+        sampler: the trace sampler (default: ``OTEL_TRACES_SAMPLER``/``_ARG``); wrapped so
+            workflow spans are always recorded. Ignored when a provider is given or installed.
+        otlp: export over OTLP (default: on when *otlp_endpoint* or an
+            ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variable is set).
+        otlp_endpoint: the collector's base URL with scheme, e.g. ``http://localhost:4317``.
+        otlp_protocol: ``grpc`` or ``http/protobuf`` (default: ``OTEL_EXPORTER_OTLP_PROTOCOL``,
+            else ``grpc``).
+        otlp_headers: headers for every export (default: ``OTEL_EXPORTER_OTLP_HEADERS``).
+        otlp_timeout: seconds one export may take, retries included (default:
+            ``FLOWTEL_OTLP_TIMEOUT``, the ``OTEL_EXPORTER_OTLP_*TIMEOUT`` variables, else 5).
+        metrics: record workflow metrics (default: on when OTLP is on or *meter_provider* is
+            given).
+        meter_provider: record metrics here instead of a provider flowtel creates.
+        metrics_interval: seconds between metric exports (default:
+            ``OTEL_METRIC_EXPORT_INTERVAL``, else 60).
+        logs: set up structlog and stdlib logging with trace ids: ``True``/``"auto"``,
+            ``"json"`` or ``"console"``; ``False`` leaves logging alone.
+        log_level: the lowest structlog level written (default ``FLOWTEL_LOG_LEVEL`` or INFO).
+        shutdown_timeout: seconds :meth:`Flowtel.shutdown` takes at most, also at interpreter
+            exit (default: ``FLOWTEL_SHUTDOWN_TIMEOUT``, else 10).
+        **processor_options: passed to :class:`WorkflowHistorySpanProcessor`, e.g.
+            ``spool_dir`` (where rows wait while the database is unreachable; default
+            ``FLOWTEL_SPOOL_DIR``, else beside the SQLite file or under the user's cache
+            directory), ``spool=False`` (keep them in memory instead), ``spool_after``
+            (seconds of failed writes before spooling) and ``heartbeat_interval``.
+
+    Returns:
+        The :class:`Flowtel` handle; its ``shutdown`` also runs at interpreter exit.
+
+    Raises:
+        SchemaMismatchError: the database holds history tables flowtel cannot write to; the
+            message lists the differences and names ``flowtel db upgrade``.
+        DatabaseURLError: the URL cannot be parsed or its driver is not installed.
+    """
+    url = resolve_database_url(database_url)
+    engine = make_engine(url)
+    if processor_options.get("create_tables", True):
+        try:
+            prepare_schema(engine)  # once, here: a table flowtel cannot write to fails now
+        except OperationalError:
+            pass  # unreachable for now: the writer retries, then spools
+        except SchemaMismatchError:
+            engine.dispose()
+            raise
+        else:
+            processor_options["create_tables"] = False
+            if processor_options.get("spool", True):  # rows earlier processes spooled, oldest first
+                replay_spool(engine, processor_options.get("spool_dir"), timeout=5.0)
+    resource = make_resource(service_name, service_version, resource_attributes)
+    service = service_name or str(resource.attributes.get("service.name") or "") or None
+    settings = OTLPSettings(otlp_protocol, otlp_endpoint, otlp_headers, otlp_timeout)
+    export = otlp_requested(otlp, otlp_endpoint)
+    if logs is not False:
+        configure_logging("auto" if logs is True else str(logs), log_level)
+    processor = WorkflowHistorySpanProcessor(engine, service_name=service, **processor_options)
+    owns_provider = False
+    if tracer_provider is None:
+        audit = AuditSampler(sampler or sampler_from_env())
+        tracer_provider, owns_provider = global_provider(resource, audit)
+    if not isinstance(tracer_provider.sampler, AuditSampler):
+        logger.warning(
+            "flowtel: the tracer provider's sampler %s is not an AuditSampler; runs it drops "
+            "will be missing from the history (build it with sampler=AuditSampler(...))",
+            tracer_provider.sampler.get_description(),
+        )
+    tracer_provider.add_span_processor(processor)
+    own_meters: MeterProvider | None = None
+    metrics_processor = None
+    if metrics if metrics is not None else (export or meter_provider is not None):
+        interval = metrics_interval * 1000 if metrics_interval is not None else None
+        metrics_processor, own_meters = install_metrics(
+            tracer_provider,
+            meter_provider,
+            lambda: processor.stats,
+            resource,
+            settings,
+            export,
+            interval,
+        )
+    span_export = span_exporter = None
+    if export:
+        span_exporter = settings.span_exporter()
+        span_export = BatchSpanProcessor(span_exporter)
+        tracer_provider.add_span_processor(span_export)
+    handle = Flowtel(
+        engine,
+        tracer_provider,
+        processor,
+        span_export,
+        owns_provider,
+        span_exporter=span_exporter,
+        metrics_processor=metrics_processor,
+        meter_provider=own_meters,
+        shutdown_timeout=shutdown_timeout_from_env(shutdown_timeout),
+    )
+    atexit.register(handle.shutdown)
+    logger.debug("flowtel records workflow history to %s", display_url(url))
+    return handle

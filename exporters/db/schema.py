@@ -1,0 +1,174 @@
+"""The history schema: ``workflow_history`` (one row per run) and ``workflow_step_history``.
+
+``workflow_history`` is a superset of the table the old provisioning system wrote by hand, so
+its queries keep working; flowtel adds the unique ``run_id``, trace ids, progress, host/pid
+heartbeat columns and ``seq``, the per-run sequence number that makes upserts monotonic.
+``workflow_step_history`` holds one row per step attempt, keyed by the attempt's span id.
+Timestamps are timezone-aware UTC on every database; JSON is JSONB on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+
+from exporters.db.timestamps import sqlite_text
+
+__all__ = [
+    "RUN_COLUMNS",
+    "STEP_COLUMNS",
+    "UTCDateTime",
+    "create_schema",
+    "metadata",
+    "workflow_history",
+    "workflow_step_history",
+]
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware.
+
+    PostgreSQL keeps ``timestamptz``; SQLite and MariaDB store naive UTC values (microsecond
+    precision) that are tagged UTC again on the way out. Naive values read from rows written
+    by other tools are taken as UTC.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(DateTime(timezone=True))
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return _sqlite_text  # the writer's hot path: skip SQLAlchemy's generic formatting
+        return super().bind_processor(dialect)
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # rows written as text by other tools (old SQLite table)
+            value = dt.datetime.fromisoformat(value)
+        stamp: dt.datetime = value
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=dt.UTC)
+        return stamp.astimezone(dt.UTC)
+
+
+def _sqlite_text(value: dt.datetime | None) -> str | None:
+    """UTC text in SQLAlchemy's SQLite format: ``YYYY-MM-DD HH:MM:SS.ffffff`` (naive values are
+    UTC already; the text comes from :func:`exporters.db.timestamps.sqlite_text`'s cache)."""
+    if value is None:
+        return None
+    if value.tzinfo is not dt.UTC:
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return sqlite_text(value)
+
+
+def _json() -> Any:
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+metadata = MetaData()
+
+workflow_history = Table(
+    "workflow_history",
+    metadata,
+    # --- the old system's columns ---
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("workflow_id", String(255), nullable=False),
+    Column("server_id", String(255), nullable=True),
+    Column("device_type", String(255), nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("completed_at", UTCDateTime()),
+    Column("steps_completed", Integer, nullable=False, default=0),
+    Column("total_steps", Integer, nullable=False, default=0),
+    Column("error_message", Text),
+    Column("metadata", _json()),
+    # --- flowtel's columns ---
+    Column("run_id", String(64), nullable=False, unique=True),
+    Column("workflow_name", String(255)),
+    Column("current_step", String(255)),
+    Column("duration_ms", BigInteger),
+    Column("error_type", String(255)),
+    Column("trace_id", String(32)),
+    Column("span_id", String(16)),
+    Column("parent_run_id", String(64)),
+    Column("service_name", String(255)),
+    Column("host", String(255)),
+    Column("pid", Integer),
+    Column("updated_at", UTCDateTime()),
+    Column("seq", BigInteger, nullable=False, default=0),
+    Index("ix_workflow_history_status_started_at", "status", "started_at"),
+    Index("ix_workflow_history_started_at", "started_at"),
+    Index("ix_workflow_history_workflow_id", "workflow_id"),
+    Index("ix_workflow_history_server_id", "server_id"),
+    Index("ix_workflow_history_trace_id", "trace_id"),
+)
+
+workflow_step_history = Table(
+    "workflow_step_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False),
+    Column("span_id", String(16), nullable=False, unique=True),
+    Column("step_index", Integer, nullable=False),
+    Column("step_name", String(255), nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("status", String(32), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("completed_at", UTCDateTime()),
+    Column("duration_ms", BigInteger),
+    Column("message", Text),
+    Column("error_type", String(255)),
+    Column("error_message", Text),
+    Column("error_stacktrace", Text),
+    Column("logs", _json()),
+    Index("ix_workflow_step_history_run_id", "run_id", "step_index"),
+    Index("ix_workflow_step_history_status_started_at", "status", "started_at"),
+    Index("ix_workflow_step_history_started_at", "started_at"),
+)
+
+RUN_COLUMNS: tuple[str, ...] = tuple(c.name for c in workflow_history.columns if c.name != "id")
+"""Columns a run snapshot writes (all but the surrogate ``id``)."""
+STEP_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in workflow_step_history.columns if c.name != "id"
+)
+"""Columns a step snapshot writes (all but the surrogate ``id``)."""
+
+
+def create_schema(engine: Engine) -> None:
+    """Create both tables and their indexes if they do not exist yet."""
+    metadata.create_all(engine, checkfirst=True)

@@ -1,0 +1,100 @@
+"""flowtel's errors on the consumer side, one hierarchy under :class:`FlowtelError`.
+
+Each keeps the built-in base it always had, so existing handlers still catch it. Messages say
+what was wrong and what to do; database URLs in them have their password masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from instrumentation.errors import FlowtelError
+
+__all__ = [
+    "MIN_PREFIX_LENGTH",
+    "AmbiguousRunError",
+    "DatabaseURLError",
+    "FlowtelError",
+    "RunNotFoundError",
+    "SchemaMismatchError",
+    "UnsupportedDatabaseError",
+]
+
+MIN_PREFIX_LENGTH = 4
+"""Shortest run-id prefix a run lookup accepts."""
+
+
+class DatabaseURLError(FlowtelError, ValueError):
+    """The database URL cannot be parsed or names a driver that is not installed."""
+
+
+class UnsupportedDatabaseError(FlowtelError, ValueError):
+    """The database's dialect has no upsert flowtel knows how to write."""
+
+
+class _Report(Protocol):
+    @property
+    def database(self) -> str: ...
+
+    @property
+    def differences(self) -> Sequence[Any]: ...
+
+    @property
+    def blocking(self) -> Sequence[Any]: ...
+
+
+class SchemaMismatchError(FlowtelError, ValueError):
+    """The history tables exist but flowtel cannot write to them as they are.
+
+    Attributes:
+        report: the full :class:`~exporters.db.check.SchemaReport`.
+    """
+
+    def __init__(self, report: _Report) -> None:
+        self.report = report
+        shown = [f"  - {d}" for d in report.blocking]
+        others = len(report.differences) - len(report.blocking)
+        if others:
+            shown.append(f"  (and {others} more that do not block writes)")
+        super().__init__(
+            f"flowtel cannot record workflow history in {report.database}: the tables differ "
+            "from what it writes:\n" + "\n".join(shown) + "\n"
+            f"Back the database up, then run: flowtel db upgrade --db {report.database}\n"
+            f"(and `flowtel db check --db {report.database}` to see the result)"
+        )
+
+
+class RunNotFoundError(FlowtelError, LookupError):
+    """No run matches the reference given to a run lookup.
+
+    Attributes:
+        ref: the reference that matched nothing.
+        suggestion: the closest existing run id or workflow id, or ``None``.
+    """
+
+    def __init__(self, ref: str, suggestion: str | None = None) -> None:
+        self.ref = ref
+        self.suggestion = suggestion
+        message = f"no run found for {ref!r} (tried run id, workflow id and run-id prefix)"
+        if len(ref) < MIN_PREFIX_LENGTH:
+            message += f"; a run-id prefix needs at least {MIN_PREFIX_LENGTH} characters"
+        if suggestion is not None:
+            message += f"; did you mean {suggestion!r}?"
+        super().__init__(message)
+
+
+class AmbiguousRunError(FlowtelError, LookupError):
+    """A run-id prefix matches several runs.
+
+    Attributes:
+        ref: the prefix.
+        candidates: the matching run ids (at most ten), newest first.
+    """
+
+    def __init__(self, ref: str, candidates: Sequence[str]) -> None:
+        self.ref = ref
+        self.candidates = list(candidates)
+        super().__init__(
+            f"{ref!r} matches several runs ({', '.join(self.candidates)}); give more characters"
+        )

@@ -1,0 +1,138 @@
+"""What the writer holds: run states, the rows waiting to be written, and the batch in flight.
+
+:class:`PendingRows` folds events into each run's :class:`~.rows.RunState` and keeps
+the runs changed since their last write (``dirty``) and the newest event of each step attempt.
+:meth:`~PendingRows.take` renders them into a batch and remembers it as *in flight* until the
+database answers: on success the ended runs are forgotten, on failure the batch's runs and
+steps go back to pending unless newer events replaced them meanwhile. :meth:`~PendingRows.spool`
+hands the rows to a callable that puts them on disk, optionally with the batch in flight
+(rows then written twice are harmless). Owned by the writer thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from exporters.history.capture import StepEnd, StepStart, decode, drop_superseded_starts
+from exporters.history.rows import RunState, step_row
+
+__all__ = ["PendingRows", "Rows"]
+
+Rows = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+"""Run rows and step rows, ready to upsert or spool."""
+
+_Steps = dict[int, StepStart | StepEnd]
+
+
+class PendingRows:
+    """The writer's run states and unwritten rows.
+
+    Args:
+        service_name: stored in each run row.
+        trace_url_template: the run's trace link template.
+        context_keys: the context keys stored in ``server_id`` and ``device_type``.
+    """
+
+    def __init__(
+        self,
+        service_name: str | None,
+        trace_url_template: str | None,
+        context_keys: tuple[str, str],
+    ) -> None:
+        self.service_name = service_name
+        self.trace_url_template = trace_url_template
+        self.context_keys = context_keys
+        self.runs: dict[str, RunState] = {}
+        self.dirty: dict[str, RunState] = {}
+        self.steps: _Steps = {}
+        self.flight: tuple[dict[str, RunState], _Steps] | None = None
+        self.flight_spooled = False
+
+    def __bool__(self) -> bool:
+        return bool(self.dirty or self.steps)
+
+    def __len__(self) -> int:
+        return len(self.dirty) + len(self.steps)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing pending, and no batch in flight that is not also spooled."""
+        return not self and (self.flight is None or self.flight_spooled)
+
+    def fold(self, events: Iterable[Any]) -> None:
+        """Fold *events* (in queue order) into run states and pending step rows."""
+        runs, dirty, steps = self.runs, self.dirty, self.steps
+        for raw in drop_superseded_starts(list(events)):
+            event = decode(raw)
+            if isinstance(event, (StepStart, StepEnd)):
+                steps[event.span_id] = event  # queue order: an end follows its start
+                run = runs.get(event.run_id)
+                if run is None:
+                    continue  # the run's own span was not seen (yet): its end will carry all
+            else:
+                run = runs.get(event.run_id)
+                if run is None:
+                    run = RunState(event.run_id, self.service_name, self.trace_url_template)
+                    runs[event.run_id] = run
+            run.apply(event)
+            if run.known:
+                dirty[event.run_id] = run
+
+    def drop_oldest_steps(self, keep: int) -> int:
+        """Forget all but the newest *keep* pending step rows; return how many were dropped."""
+        excess = len(self.steps) - keep
+        for key in list(self.steps)[: max(excess, 0)]:
+            del self.steps[key]
+        return max(excess, 0)
+
+    def active_run_ids(self) -> list[str]:
+        """Runs started and not ended (their heartbeat is this writer's job)."""
+        return [run_id for run_id, run in self.runs.items() if run.known and not run.is_final]
+
+    def take(self) -> Rows:
+        """Render the pending rows as the batch in flight (there must be none)."""
+        rows = self._render(self.dirty, self.steps)
+        self.flight = (self.dirty, self.steps)
+        self.dirty, self.steps = {}, {}
+        return rows
+
+    def landed(self, ok: bool) -> None:
+        """The batch in flight committed (*ok*) or failed (its rows are pending again)."""
+        assert self.flight is not None
+        (runs, steps), self.flight = self.flight, None
+        if self.flight_spooled:
+            self.flight_spooled = False  # spooled meanwhile: nothing to do either way
+        elif ok:
+            for run_id, run in runs.items():
+                if run.is_final and run_id not in self.dirty:
+                    self.runs.pop(run_id, None)
+        else:
+            for run_id, run in runs.items():
+                self.dirty.setdefault(run_id, run)
+            for span_id, event in steps.items():
+                self.steps.setdefault(span_id, event)  # a newer event of the step wins
+
+    def spool(self, put: Callable[[Rows], bool], *, with_flight: bool = False) -> bool:
+        """Render the pending rows (with the batch in flight) for *put*; forget them if it took
+        them (returned True)."""
+        runs, steps = dict(self.dirty), dict(self.steps)
+        flight = self.flight if with_flight and not self.flight_spooled else None
+        if flight is not None:
+            for run_id, run in flight[0].items():
+                runs.setdefault(run_id, run)
+            for span_id, event in flight[1].items():
+                steps.setdefault(span_id, event)
+        if not put(self._render(runs, steps)):
+            return False
+        self.flight_spooled = self.flight_spooled or flight is not None
+        for run_id, run in runs.items():
+            if run.is_final:
+                self.runs.pop(run_id, None)
+        self.dirty.clear()
+        self.steps.clear()
+        return True
+
+    def _render(self, runs: dict[str, RunState], steps: _Steps) -> Rows:
+        keys = self.context_keys
+        return [run.row(keys) for run in runs.values()], [step_row(e) for e in steps.values()]

@@ -1,0 +1,278 @@
+"""Replaying the spool into the database: oldest file first, a chunk per transaction.
+
+:class:`Replayer` claims one spool file at a time with a non-blocking ``flock`` (a file still
+being written, or being replayed by another process, is passed over), upserts its records in
+chunks, and deletes the file once every chunk has committed. A chunk that fails is retried from
+its first record later, and a file interrupted half-way is replayed again from its start: the
+upserts are idempotent and monotonic (see :mod:`exporters.db.upsert`), so a record applied twice,
+or after a newer one, changes nothing. Within a chunk, snapshots of the same run or step are
+folded by the very rule the database applies, because PostgreSQL refuses to upsert one key
+twice in one statement. A chunk the database refuses for its data (not for an outage) is
+halved until the refused rows are isolated; those are set aside in ``rejected.jsonl`` (0600,
+with the error) and everything else is replayed. A file of another database is left alone; an
+unreadable one is renamed ``*.corrupt``. The writer thread calls :meth:`Replayer.replay_chunk`
+between batches; :func:`replay_spool` drains a spool in one call (``configure()`` does at start).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy.engine import Engine
+
+from exporters.db.bulk import bulk_upsert_rows
+from exporters.db.check import prepare_schema
+from exporters.db.driver_errors import refused
+from exporters.db.engine import display_url
+from exporters.spool.files import spool_directory, spool_files, spool_key
+from exporters.spool.format import RUN, SpoolHeader, read_header, read_records
+from instrumentation.attributes import FINAL_RUN_STATUSES, StepStatus
+
+__all__ = ["ReplayResult", "Replayer", "fold_rows", "replay_spool"]
+
+logger = logging.getLogger("flowtel.spool")
+
+_FINAL = frozenset(s.value for s in FINAL_RUN_STATUSES)
+_RUNNING = StepStatus.RUNNING.value
+
+
+class _Claim:
+    """One spool file, locked for replay, and how far it has been replayed."""
+
+    def __init__(self, path: Path, handle: BinaryIO, header: SpoolHeader, offset: int) -> None:
+        self.path, self.handle, self.header, self.offset = path, handle, header, offset
+
+    def read(self, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], int, bool]:
+        """Up to *limit* rows from the current offset, the offset after them, and EOF."""
+        rows: list[tuple[str, dict[str, Any]]] = []
+        end, seen = self.offset, 0
+        for position, value in read_records(self.handle, str(self.path), self.offset, limit):
+            end, seen = position, seen + 1
+            decoded = self.header.decode(value)
+            if decoded is None:
+                logger.warning("flowtel skipped a spool record that is not a row in %s", self.path)
+                continue
+            rows.append(decoded)
+        return rows, end, seen < limit
+
+    def finish(self) -> None:
+        """Delete the replayed file, then unlock it."""
+        self.path.unlink(missing_ok=True)
+        self.handle.close()
+
+
+def fold_rows(
+    rows: Sequence[tuple[str, dict[str, Any]]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fold snapshots of the same key the way the upsert guards would, in order."""
+    runs: dict[str, dict[str, Any]] = {}
+    steps: dict[str, dict[str, Any]] = {}
+    for kind, row in rows:
+        if kind == RUN:
+            current = runs.get(row["run_id"])
+            if current is None or (current["status"] not in _FINAL and current["seq"] < row["seq"]):
+                runs[row["run_id"]] = row
+        else:
+            current = steps.get(row["span_id"])
+            if current is None or current["status"] == _RUNNING:
+                steps[row["span_id"]] = row
+    return list(runs.values()), list(steps.values())
+
+
+class Replayer:
+    """Replays one spool directory a chunk at a time; owned by one thread.
+
+    Args:
+        directory: the spool directory (see :func:`~exporters.spool.files.spool_directory`).
+        key: the database's spool key; files written for another database are left alone.
+        chunk_rows: records per transaction.
+    """
+
+    def __init__(self, directory: Path, key: str, *, chunk_rows: int = 2_000) -> None:
+        self.directory = directory
+        self.key = key
+        self.chunk_rows = chunk_rows
+        self.files_replayed = 0
+        self.rows_replayed = 0
+        self.rows_rejected = 0
+        self._claim: _Claim | None = None
+        self._passed: set[str] = set()
+
+    def replay_chunk(self, engine: Engine) -> int:
+        """Replay the next chunk; return its row count (0: nothing left that is free).
+
+        Raises:
+            Exception: whatever the database raised; the chunk will be replayed again.
+        """
+        claim = self._claim or self._claim_next()
+        while claim is not None:
+            rows, end, eof = claim.read(self.chunk_rows)
+            rejected = self._upsert(engine, rows) if rows else 0
+            self.rows_rejected += rejected
+            claim.offset = end
+            if eof:
+                claim.finish()
+                self._claim = None
+                self.files_replayed += 1
+            self.rows_replayed += len(rows) - rejected
+            if rows:
+                return len(rows)
+            claim = self._claim_next()
+        return 0
+
+    def _upsert(self, engine: Engine, rows: list[tuple[str, dict[str, Any]]]) -> int:
+        """Upsert *rows* in one transaction, halving to isolate refused rows; count those."""
+        try:
+            runs, steps = fold_rows(rows)
+            with engine.begin() as connection:
+                bulk_upsert_rows(connection, runs, steps)
+            return 0
+        except Exception as exc:
+            if not refused(exc):
+                raise
+            if len(rows) > 1:
+                half = len(rows) // 2
+                return self._upsert(engine, rows[:half]) + self._upsert(engine, rows[half:])
+            self._reject(rows[0], exc)
+            return 1
+
+    def _reject(self, record: tuple[str, dict[str, Any]], exc: Exception) -> None:
+        path = self.directory / "rejected.jsonl"
+        error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        line = json.dumps({"kind": record[0], "row": record[1], "error": error}, default=str)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode() + b"\n")
+        finally:
+            os.close(fd)
+        logger.error("flowtel set aside a row the database refused (%s) in %s", error, path)
+
+    def _claim_next(self) -> _Claim | None:
+        for path in spool_files(self.directory):
+            if path.name in self._passed:
+                continue
+            claim = self._try_claim(path)
+            if claim is not None:
+                self._claim = claim
+                return claim
+        return None
+
+    def _try_claim(self, path: Path) -> _Claim | None:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - kept open (and locked) across chunks
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()  # still being written, or replayed by another process
+            return None
+        if os.fstat(handle.fileno()).st_nlink == 0:
+            handle.close()  # replayed and deleted by another process meanwhile
+            return None
+        header, offset = read_header(handle, str(path))
+        if header is None:
+            logger.error("flowtel cannot read the spool file %s; renamed it *.corrupt", path)
+            path.rename(path.with_name(path.name + ".corrupt"))
+            handle.close()
+            return None
+        if header.key != self.key:
+            logger.error("flowtel left %s alone: it was spooled for another database", path)
+            self._passed.add(path.name)
+            handle.close()
+            return None
+        return _Claim(path, handle, header, offset)
+
+    def pending(self) -> bool:
+        """Whether a file is claimed or any spool file exists (cheap: one directory read)."""
+        return self._claim is not None or any(
+            p.name not in self._passed for p in spool_files(self.directory)
+        )
+
+    def release(self) -> None:
+        """Unlock the file being replayed (it will be replayed again from its start)."""
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.handle.close()
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What :func:`replay_spool` did."""
+
+    directory: str | None
+    files: int
+    rows: int
+    remaining_files: int
+    seconds: float
+    error: str | None = None
+    rows_rejected: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def replay_spool(
+    engine: Engine,
+    spool_dir: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float | None = None,
+    create_tables: bool = True,
+) -> ReplayResult:
+    """Replay the spool of *engine*'s database, oldest file first; never raises.
+
+    Args:
+        engine: the history database.
+        spool_dir: the root holding one spool per database, as given to the processor
+            (default: ``FLOWTEL_SPOOL_DIR``, else beside the SQLite file or in the cache dir).
+        timeout: stop after this many seconds (the rest is replayed later by the writer).
+        create_tables: create the tables first if they do not exist.
+
+    Returns:
+        Files and rows replayed, files left (still being written, or the database failed:
+        ``error`` says why, with the password masked).
+    """
+    started = time.monotonic()
+    directory = spool_directory(engine.url, spool_dir)
+    if directory is None:
+        return ReplayResult(None, 0, 0, 0, 0.0)
+    replayer = Replayer(directory, spool_key(engine.url))
+    error = None
+    try:
+        if create_tables and spool_files(directory):
+            prepare_schema(engine)
+        while replayer.replay_chunk(engine):
+            if timeout is not None and time.monotonic() - started >= timeout:
+                break
+    except Exception as exc:
+        error = _describe(exc, engine)
+        logger.warning("flowtel could not replay its spool %s: %s", directory, error)
+    finally:
+        replayer.release()
+    return ReplayResult(
+        str(directory),
+        replayer.files_replayed,
+        replayer.rows_replayed,
+        len(spool_files(directory)),
+        time.monotonic() - started,
+        error,
+        replayer.rows_rejected,
+    )
+
+
+def _describe(exc: Exception, engine: Engine) -> str:
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+    password = engine.url.password
+    if password:
+        text = text.replace(str(password), "***")
+    return f"{text} ({display_url(engine.url)})"
