@@ -32,7 +32,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from benchmarks.bench_writer import capture_events, render_rows
 from benchmarks.common import available_backends, database_url, reset_tables
-from exporters import bulk, make_engine
+from exporters import make_engine
+from exporters.db import bulk
 from exporters.db.schema import create_schema, metadata
 from exporters.history.capture import capture_end, capture_start, decode
 

@@ -35,8 +35,8 @@ from benchmarks.common import (
     run_flowtel_workflows,
 )
 from exporters import make_engine
-from exporters import writer as writer_module
 from exporters.db.schema import create_schema, metadata, workflow_history, workflow_step_history
+from exporters.history import writer as writer_module
 from exporters.history.capture import capture_end, capture_start
 from exporters.history.writer import HistoryWriter
 
