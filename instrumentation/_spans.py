@@ -34,7 +34,6 @@ __all__ = [
     "get_tracer",
     "is_cancellation",
     "record_error",
-    "to_json_safe",
 ]
 
 CANCELLING: tuple[type[BaseException], ...] = (
@@ -62,11 +61,6 @@ def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tra
 def is_cancellation(exc: BaseException) -> bool:
     """Whether *exc* cancels (rather than fails) a run."""
     return isinstance(exc, CANCELLING)
-
-
-def to_json_safe(value: Any) -> Any:
-    """Return *value* as redacted plain JSON data within the context limit (``clean_json``)."""
-    return clean_json(value, get_limits().context_bytes)[0]
 
 
 def _attribute_value(value: Any) -> AttributeValue:

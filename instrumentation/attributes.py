@@ -86,6 +86,8 @@ class RunStatus(enum.StrEnum):
     """Status of one workflow run, as stored in ``workflow_history.status``."""
 
     PENDING = "pending"
+    """The old system's queued state: flowtel never writes it, but reads it in imported rows
+    (an active status: never pruned, counted as running)."""
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"

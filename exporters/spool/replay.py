@@ -191,12 +191,6 @@ class Replayer:
             return None
         return _Claim(path, handle, header, offset)
 
-    def pending(self) -> bool:
-        """Whether a file is claimed or any spool file exists (cheap: one directory read)."""
-        return self._claim is not None or any(
-            p.name not in self._passed for p in spool_files(self.directory)
-        )
-
     def release(self) -> None:
         """Unlock the file being replayed (it will be replayed again from its start)."""
         claim, self._claim = self._claim, None

@@ -35,7 +35,6 @@ __all__ = [
     "call_all_with_timeout",
     "call_with_timeout",
     "make_resource",
-    "make_span_exporter",
     "otlp_protocol",
     "otlp_requested",
     "shutdown_timeout_from_env",
@@ -167,17 +166,6 @@ class OTLPSettings:
         )
 
         return HTTPMetricExporter(**kwargs)
-
-
-def make_span_exporter(
-    *,
-    protocol: str | None = None,
-    endpoint: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-) -> SpanExporter:
-    """Build the OTLP span exporter (arguments override the environment)."""
-    return OTLPSettings(protocol, endpoint, headers, timeout).span_exporter()
 
 
 def call_with_timeout(function: Callable[[], Any], timeout_s: float, name: str) -> bool:
