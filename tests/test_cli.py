@@ -331,10 +331,10 @@ def test_show_on_missing_database_exits_1(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["runs"], ["show", "abcd1234"], ["stats"], ["tail"]])
-def test_unreachable_database_exits_2_without_the_password(command: list[str]) -> None:
-    """A database that refuses connections is one masked-URL line and exit status 2."""
+def test_unreachable_database_exits_3_without_the_password(command: list[str]) -> None:
+    """A database that refuses connections is one masked-URL line and exit status 3."""
     result = invoke(*command, "--db", UNREACHABLE)
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "postgresql+psycopg://flowtel:***@127.0.0.1:1/flowtel" in result.output
     assert "s3cret-pw" not in result.output
     assert "Traceback" not in result.output
@@ -402,9 +402,9 @@ def test_demo_failed_run_shows_step_error_stack_trace_and_log_line(tmp_path: Pat
     assert "[REDACTED]" in output
 
 
-def test_demo_on_unreachable_database_exits_2(tmp_path: Path) -> None:
+def test_demo_on_unreachable_database_exits_3(tmp_path: Path) -> None:
     """The demo refuses to start on a database it cannot reach, without leaking the password."""
     done = flowtel_process("demo", "--runs", "1", "--db", UNREACHABLE)
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert "flowtel:***@127.0.0.1:1" in done.stderr
     assert "s3cret-pw" not in done.stderr + done.stdout

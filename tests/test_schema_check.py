@@ -201,7 +201,7 @@ def test_an_unreachable_database_raises_its_own_error() -> None:
         prepare_schema(engine)
     engine.dispose()
     result = check_cli(UNREACHABLE)
-    assert result.exit_code == 2 and "s3cret-pw" not in result.output
+    assert result.exit_code == 3 and "s3cret-pw" not in result.output
     assert "cannot use the history database" in result.output
 
 

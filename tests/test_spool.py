@@ -260,12 +260,12 @@ def test_spool_status_and_replay_commands(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_spool_replay_command_on_an_unreachable_database_exits_2(tmp_path: Path) -> None:
-    """One line naming the database (password masked), exit status 2, the spool kept."""
+def test_spool_replay_command_on_an_unreachable_database_exits_3(tmp_path: Path) -> None:
+    """One line naming the database (password masked), exit status 3, the spool kept."""
     engine = make_engine(UNREACHABLE)
     spooled(engine, 2)
     done = CliRunner().invoke(spool_command, ["replay", "--db", UNREACHABLE])
-    assert done.exit_code == 2
+    assert done.exit_code == 3
     assert "cannot replay the spool" in done.output and "secret" not in done.output
     status = CliRunner().invoke(spool_command, ["status", "--db", UNREACHABLE, "--json"])
     assert json.loads(status.output)["records"] == 4

@@ -296,9 +296,9 @@ def test_stats_bad_by_is_a_usage_error(db: str) -> None:
     assert (result.exit_code, "'--by'" in result.output) == (2, True)
 
 
-def test_stats_unreachable_database_exits_2_without_the_password() -> None:
-    """An unreachable database is one masked-URL line and exit status 2."""
+def test_stats_unreachable_database_exits_3_without_the_password() -> None:
+    """An unreachable database is one masked-URL line and exit status 3."""
     result = invoke("stats", "--db", UNREACHABLE)
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "flowtel:***@127.0.0.1:1" in result.output
     assert "s3cret-pw" not in result.output

@@ -107,10 +107,10 @@ def test_tail_on_missing_database_suggests_the_demo(tmp_path: Path) -> None:
     assert (result.exit_code, "flowtel demo" in result.output) == (0, True)
 
 
-def test_tail_unreachable_database_exits_2_without_the_password() -> None:
-    """An unreachable database is one masked-URL line and exit status 2."""
+def test_tail_unreachable_database_exits_3_without_the_password() -> None:
+    """An unreachable database is one masked-URL line and exit status 3."""
     result = invoke("tail", "--once", "--db", UNREACHABLE)
-    assert (result.exit_code, "s3cret-pw" in result.output) == (2, False)
+    assert (result.exit_code, "s3cret-pw" in result.output) == (3, False)
     assert "flowtel:***@127.0.0.1:1" in result.output
 
 

@@ -4,7 +4,7 @@
 ``python -m exporters.cli``). Each command lives in its own module: ``demo`` in
 :mod:`exporters.cli.demo`, ``runs`` and ``show`` in :mod:`exporters.cli.history`, ``stats`` in
 :mod:`exporters.cli.stats`, ``tail`` in :mod:`exporters.cli.tail`. Database
-problems end with one line naming the database (password masked) and exit status 2; an unknown
+problems end with one line naming the database (password masked) and exit status 3; an unknown
 run ends with exit status 1.
 """
 

@@ -1,9 +1,11 @@
 """What every ``flowtel`` command shares: the ``--db`` option, database errors, times, output.
 
 A database that cannot be opened or read becomes one line naming the URL with its password
-masked and exit status 2, never a traceback. :class:`Duration` (``--older-than``) takes the
-grammar of :mod:`exporters.ops.durations`; :class:`When` (``--since``/``--until``) takes the same
-durations, counted back from now, or an ISO 8601 date or time (UTC unless it says otherwise).
+masked and exit status 3, a ``--db`` that is not a database URL exit status 2 (see
+:class:`~exporters.cli.exit_status.ExitStatus`), never a traceback. :class:`Duration`
+(``--older-than``) takes the grammar of :mod:`exporters.ops.durations`; :class:`When`
+(``--since``/``--until``) takes the same durations, counted back from now, or an ISO 8601 date
+or time (UTC unless it says otherwise).
 Tables go through a rich console that is wide enough to read when piped.
 """
 
@@ -23,6 +25,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from exporters.cli.exit_status import ExitStatus
 from exporters.db.engine import DatabaseURLError, display_url, resolve_database_url
 from exporters.ops.durations import DURATION_FORMS, parse_duration
 from exporters.query.store import HistoryStore
@@ -30,6 +33,7 @@ from instrumentation.redaction import mask_url_credentials
 
 __all__ = [
     "NOTHING_RECORDED",
+    "BadDatabaseURL",
     "DatabaseUnavailable",
     "Duration",
     "When",
@@ -50,9 +54,15 @@ NOTHING_RECORDED = "No runs recorded yet. Record some with: flowtel demo"
 
 
 class DatabaseUnavailable(click.ClickException):
-    """The history database cannot be opened or read (exit status 2)."""
+    """The history database cannot be opened or read (exit status 3)."""
 
-    exit_code = 2
+    exit_code = int(ExitStatus.DATABASE_UNAVAILABLE)
+
+
+class BadDatabaseURL(click.ClickException):
+    """``--db`` (or ``$FLOWTEL_DATABASE_URL``) is not a database URL flowtel can use (status 2)."""
+
+    exit_code = int(ExitStatus.USAGE)
 
 
 def db_option(func: F) -> F:
@@ -76,11 +86,11 @@ def _reason(exc: BaseException, url: URL) -> str:
 
 @contextmanager
 def database_errors(url: str | URL | None) -> Iterator[None]:
-    """Turn database and database-URL errors raised inside the block into exit status 2."""
+    """Turn database errors inside the block into exit status 3, database-URL errors into 2."""
     try:
         yield
     except DatabaseURLError as exc:
-        raise DatabaseUnavailable(str(exc)) from None
+        raise BadDatabaseURL(str(exc)) from None
     except SQLAlchemyError as exc:
         resolved = resolve_database_url(url)
         message = f"cannot use the history database {display_url(resolved)}"
@@ -99,7 +109,7 @@ def history_store(db: str | None) -> Iterator[HistoryStore | None]:
     """Open the store for a reading command; ``None`` when nothing was ever recorded there.
 
     A SQLite file that does not exist is not created, and a database without flowtel's
-    tables yields ``None`` too. Database errors inside the block exit with status 2.
+    tables yields ``None`` too. Database errors inside the block exit with status 3.
     """
     with database_errors(db):
         url = resolve_database_url(db)

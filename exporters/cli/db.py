@@ -5,7 +5,7 @@
 revision; ``check`` compares the live tables with the expected schema and exits 1 on any
 difference; ``prune`` deletes old runs and their steps in batches, never running ones. Every
 command takes ``--db URL``; ``current``, ``check`` and ``prune`` never create a missing SQLite
-file. Database errors exit with status 2 and a one-line message with the password masked.
+file. Database errors exit with status 3 and a one-line message with the password masked.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ heartbeat is older than ``--older-than`` as ``abandoned``, with the reason in
 ``metadata.abandoned`` (see :func:`exporters.ops.reaper.reap`); if the process was merely stalled,
 its own terminal write still replaces ``abandoned`` later. ``--older-than`` takes the duration
 grammar of :mod:`exporters.ops.durations` (``90``, ``30s``, ``10m``, ``1.5h``, ``1d``, ``1w``). A
-missing database reaps nothing; one that cannot be reached ends with exit status 2.
+missing database reaps nothing; one that cannot be reached ends with exit status 3.
 """
 
 from __future__ import annotations

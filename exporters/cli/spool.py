@@ -5,7 +5,7 @@ Rows the database could not take wait in a spool directory of their own per data
 records (row snapshots), bytes, and the age of the oldest file. ``replay`` writes the records to
 the database now, oldest first, as a running writer and ``configure()`` also do; files still
 being written by a live process are left for it. A database that cannot be reached ends with
-one line (password masked) and exit status 2. Both take ``--json``.
+one line (password masked) and exit status 3. Both take ``--json``.
 """
 
 from __future__ import annotations
