@@ -11,6 +11,7 @@ of skipping it.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -70,6 +72,29 @@ trace.set_tracer_provider(_PROVIDER)
 def _private_spool(tmp_path_factory: pytest.TempPathFactory, monkeypatch: Any) -> None:
     """Each test spools into a directory of its own, never the user's cache or a neighbour's."""
     monkeypatch.setenv("FLOWTEL_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging_state() -> Iterator[None]:
+    """Each test starts with structlog's defaults and leaves stdlib logging as it found it.
+
+    ``configure()`` run in-process installs a structlog configuration, a log-record factory
+    (the bridge) and a root handler; without this reset they would shape every later test's
+    output and hide order-dependent failures.
+    """
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    factory = logging.getLogRecordFactory()
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    logging.setLogRecordFactory(factory)
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture

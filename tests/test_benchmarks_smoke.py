@@ -2,7 +2,9 @@
 
 This checks that every comparison of ``benchmarks/`` runs and reports its figures; it asserts
 nothing about how fast anything is (timings on shared machines are noise, and the suite
-reports ratios for people to read, not for tests to gate on).
+reports ratios for people to read, not for tests to gate on). It takes a third of the suite's
+time, so it carries the ``benchmark`` marker: the default run deselects it and ``.ci/run`` runs
+it as a step of its own (``pytest -m benchmark``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytestmark = pytest.mark.benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARISONS = ("caller", "throughput", "writer", "visibility", "memory", "workers")

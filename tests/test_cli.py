@@ -155,8 +155,9 @@ def test_runs_json_carries_the_same_facts_as_the_table(db: str) -> None:
         row = next(line for line in table if run["run_id"][:8] in line)
         progress = f"{run['steps_completed']}/{run['total_steps']}"
         error = (run["error_message"] or "").split("failed: ")[-1]
-        facts = (run["status"], progress, run["current_step"] or "", error)
-        assert all(fact in row for fact in facts)
+        facts = [run["status"], progress, run["current_step"], error]
+        shown = [fact for fact in facts if fact]  # a run with no step or error shows neither
+        assert len(shown) >= 2 and all(fact in row for fact in shown), (shown, row)
 
 
 def test_runs_status_filter(db: str) -> None:

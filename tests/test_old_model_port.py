@@ -197,9 +197,26 @@ OLD_IDIOMS = {
 }
 
 
+OLD_ENGINE_EXPECTED = {
+    "retry(message, retry_after=...)": lambda r: (
+        (r.status.value, r.message, r.retry_after) == ("retry", "busy", 5)
+    ),
+    "success(message, data) positionally": lambda r: (
+        (r.status.value, r.message, r.data) == ("completed", "ok", {"k": 1})
+    ),
+    "failure(message, should_continue) positionally": lambda r: (
+        (r.status.value, r.message, r.should_continue) == ("failed", "disk", True)
+    ),
+    "StepContext(workflow_id, server_id, device_type) positionally": lambda c: (
+        (c.workflow_id, c.server_id, c.device_type) == ("provision_srv-1", "srv-1", "s2")
+    ),
+}
+
+
 @pytest.mark.parametrize("idiom", OLD_IDIOMS)
 def test_old_idioms_work_on_the_old_engine(idiom: str) -> None:
-    OLD_IDIOMS[idiom](old_engine)
+    """Each idiom means on the old engine what the flowtel test below expects of flowtel."""
+    assert OLD_ENGINE_EXPECTED[idiom](OLD_IDIOMS[idiom](old_engine))
 
 
 FLOWTEL_EXPECTED = {

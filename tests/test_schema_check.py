@@ -11,6 +11,7 @@ row. An unreachable database raises its own ``OperationalError``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -231,8 +232,16 @@ def test_configure_fails_fast_on_a_table_missing_a_column(tmp_path: Path) -> Non
         handle.shutdown(1_000)
 
 
-def test_configure_does_not_fail_on_an_unreachable_database() -> None:
+def test_configure_does_not_fail_on_an_unreachable_database(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """configure() returns a handle and the writer says, once, masked, that it will spool."""
     from exporters import configure
 
-    handle = configure(database_url=UNREACHABLE, tracer_provider=TracerProvider(), otlp=False)
-    handle.shutdown(1_000)
+    with caplog.at_level(logging.ERROR, logger="flowtel"):
+        handle = configure(database_url=UNREACHABLE, tracer_provider=TracerProvider(), otlp=False)
+        handle.shutdown(1_000)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "flowtel:***@127.0.0.1:1" in errors[0] and "spooling" in errors[0]
+    assert "s3cret-pw" not in caplog.text
