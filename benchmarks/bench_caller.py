@@ -15,7 +15,7 @@ Three loops of the same shape, interleaved round by round in one process:
 
 The three span loops run a second time after ``gc.freeze()`` (what pre-fork servers do after
 start-up: the objects alive at that point leave the collector's generations, so its full
-passes stop walking every imported module), then ``gc.unfreeze()``: the tuning the README
+passes stop walking every imported module), then ``gc.unfreeze()``: the tuning docs/operations.md
 recommends for long-running workers, measured.
 
 Only the 23-step inner loop is timed (the run's own start and end are reported separately, per

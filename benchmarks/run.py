@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--gc-freeze",
         action="store_true",
-        help="call gc.freeze() after start-up, as the README's tuning section suggests",
+        help="call gc.freeze() after start-up, as docs/operations.md's tuning section suggests",
     )
     args = parser.parse_args(argv)
     if args.gc_freeze:

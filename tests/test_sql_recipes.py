@@ -1,6 +1,6 @@
-"""The SQL recipes of the README run unchanged, with the same answers, on every database.
+"""The SQL recipes of docs/sql.md run unchanged, with the same answers, on every database.
 
-Each ``### title`` section's ```sql block is read from the markdown itself, so the documentation
+Each ``## title`` section's ```sql block is read from the markdown itself, so the documentation
 and the tests cannot drift apart, and executed as written on SQLite, PostgreSQL and MariaDB over
 one small history whose answers are known. Values are normalised only where the drivers differ
 in type (dates as text on SQLite, ``Decimal`` on PostgreSQL and MariaDB, JSON as text).
@@ -24,18 +24,15 @@ from exporters.db.engine import make_engine
 from exporters.db.schema import create_schema, workflow_history, workflow_step_history
 from exporters.query.store import AmbiguousRunError, HistoryStore
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+RECIPES = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 STACK = 'Traceback (most recent call last):\n  File "provision.py", line 9\nTimeoutError: late\n'
 LOGS = [{"at": "2026-11-01T09:10:00Z", "severity": "warning", "logger": "maas", "message": "slow"}]
 
 
 def recipes() -> dict[str, str]:
-    """``{title: sql}`` for every ``### title`` of the README's SQL recipes with a ```sql block."""
-    text = README.read_text()
-    section = text[text.index("\n## SQL recipes\n") :]
-    section = section[: section.index("\n## ", 1)]
-    found = re.findall(r"^### (.+?)\n.*?^```sql\n(.*?)^```", section, re.M | re.S)
+    """``{title: sql}`` for every ``## title`` of docs/sql.md with a ```sql block."""
+    found = re.findall(r"^## (.+?)\n.*?^```sql\n(.*?)^```", RECIPES.read_text(), re.M | re.S)
     return {title.strip(): sql.strip().rstrip(";") for title, sql in found}
 
 

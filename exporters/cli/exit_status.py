@@ -16,7 +16,7 @@ __all__ = ["ExitStatus"]
 
 
 class ExitStatus(IntEnum):
-    """A ``flowtel`` command's exit status (documented in the README's command-line section)."""
+    """A ``flowtel`` command's exit status (listed in docs/guide.md, Command line)."""
 
     OK = 0
     NO = 1
