@@ -131,7 +131,7 @@ def fork(args: argparse.Namespace) -> None:
     background.join()
     flushed = processor.force_flush(20_000)
     report(parent=os.getpid(), children=children, parent_runs=len(done), flushed=flushed,
-           writer_alive=processor._thread.is_alive(), **processor.stats)  # fmt: skip
+           writer_alive=processor.writer.alive, **processor.stats)  # fmt: skip
     processor.shutdown(5_000)
 
 

@@ -13,15 +13,37 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 from sqlalchemy.engine import URL
 
 from exporters.db.driver_errors import first_line
 from exporters.db.engine import display_url
 
-__all__ = ["WriterHealth", "WriterStats"]
+__all__ = ["WriterHealth", "WriterState", "WriterStats"]
 
 logger = logging.getLogger("flowtel.writer")
+
+
+class WriterState(Enum):
+    """The writer's states, the one place they are named; its loop acts on the current one.
+
+    Transitions (:class:`~exporters.history.writer.HistoryWriter` drives them, this module
+    tracks them): ``HEALTHY`` → ``RETRYING`` when a database call fails; ``RETRYING`` →
+    ``SPOOLING`` after ``spool_after`` seconds of failures (or at once when the database
+    refuses the rows themselves); ``RETRYING``/``SPOOLING`` → ``HEALTHY`` when a write or
+    probe succeeds (the spool is then replayed between batches); any state → ``STOPPED`` at
+    shutdown.
+    """
+
+    HEALTHY = "healthy"
+    """Each batch is committed as it comes; heartbeats and spool replays run between them."""
+    RETRYING = "retrying"
+    """A call failed: the rows wait in memory and are retried with exponential backoff."""
+    SPOOLING = "spooling"
+    """The database stays down: each batch goes to the spool; attempts probe for its return."""
+    STOPPED = "stopped"
+    """The loop ended (shutdown): what was not committed is spooled; nothing more is taken."""
 
 
 @dataclass
@@ -63,11 +85,11 @@ class WriterHealth:
         self._reasons: set[str] = set()
 
     @property
-    def state(self) -> str:
-        """``healthy``, ``retrying`` (rows held in memory) or ``spooling``."""
+    def state(self) -> WriterState:
+        """``HEALTHY``, ``RETRYING`` (rows held in memory) or ``SPOOLING``."""
         if self.spooling:
-            return "spooling"
-        return "healthy" if self.failing_since is None else "retrying"
+            return WriterState.SPOOLING
+        return WriterState.HEALTHY if self.failing_since is None else WriterState.RETRYING
 
     @property
     def healthy(self) -> bool:

@@ -1,25 +1,18 @@
 """``WorkflowHistorySpanProcessor``: workflow and step spans in, history rows out.
 
-``on_start``/``on_end`` run on the application's thread; they copy a few fields into an event
-tuple and append it to a bounded in-memory queue — O(1), no I/O, no lock, and no exception
-ever escapes. A writer thread drains the queue, folds the events per run and commits them in
-batches, or spools them to local disk while the database cannot take them, replays the spool
-when it can and keeps the heartbeat of active runs (see :mod:`exporters.history.writer`). The caller
-never waits: past ``spool_threshold`` queued events the writer spools what it drains, and only
-past ``max_queue_size`` are events dropped (and counted). ``force_flush`` and ``shutdown``
-honour their timeouts: past half of it the writer spools what is left instead of trying the
-database. A forked child gets its own queue, writer, spool file and connection pool.
+A thin ``SpanProcessor`` facade. ``on_start``/``on_end`` run on the application's thread; they
+copy a few fields into an event tuple (:mod:`.capture`) and hand it to the writer's queue — O(1),
+no I/O, no lock, and no exception ever escapes. Everything after the queue (draining, folding,
+committing, spooling, replaying, heart-beating, answering flushes) is the writer's, in one loop
+with named states (see :mod:`exporters.history.writer`). ``force_flush`` and ``shutdown`` honour
+their timeouts. A forked child gets its own queue, writer, spool file and connection pool.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import threading
-import time
 import weakref
-from collections import deque
 from typing import Any
 
 from opentelemetry.context import Context
@@ -33,16 +26,6 @@ from exporters.spool.files import spool_directory
 __all__ = ["WorkflowHistorySpanProcessor"]
 
 logger = logging.getLogger("flowtel.processor")
-
-
-class _FlushMarker:
-    """Queued by ``force_flush``; set once everything queued before it was handled."""
-
-    __slots__ = ("done", "ok")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.ok = False
 
 
 class WorkflowHistorySpanProcessor(SpanProcessor):
@@ -110,21 +93,15 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             "spool_after": spool_after,
             "heartbeat_interval": heartbeat_interval,
             "max_pending_steps": max_pending_steps,
+            "max_queue_size": max_queue_size,
+            "max_batch_size": max_batch_size,
+            "spool_threshold": spool_threshold,
+            "flush_interval": flush_interval,
         }
-        self._writer = self._make_writer()
-        self._max_queue_size = max_queue_size
-        self._spool_threshold = max(1, spool_threshold or max_queue_size * 9 // 10)
-        self._max_batch_size = max_batch_size
-        self._flush_interval = flush_interval
-        self._queue: deque[Any] = deque()
-        self._dropped = 0
         self._errors = 0
         self._shutdown = False
-        self._hurry_at: float | None = None
-        self._deadline = float("inf")
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = self._start_thread()
+        self._writer = self._make_writer()
+        self._writer.start()
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
 
@@ -136,7 +113,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
                 return
             event = capture_start(span)
             if event is not None:
-                self._enqueue(event)
+                self._writer.put(event)
         except Exception:
             self._callback_failed()
 
@@ -147,21 +124,9 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
                 return
             event = capture_end(span)
             if event is not None:
-                self._enqueue(event)
+                self._writer.put(event)
         except Exception:
             self._callback_failed()
-
-    def _enqueue(self, event: Any) -> None:
-        queue = self._queue
-        if len(queue) < self._max_queue_size:
-            queue.append(event)
-            return
-        self._dropped += 1
-        if self._dropped == 1:
-            logger.error(
-                "flowtel's history queue is full (%d events): dropping new events",
-                self._max_queue_size,
-            )
 
     def _callback_failed(self) -> None:
         self._errors += 1
@@ -176,122 +141,44 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         database has failed for ``spool_after`` seconds or half of the timeout has passed; then
         what is left is spooled (and False returned).
         """
-        if not self._thread.is_alive():
-            return not self._queue and not self._writer.has_pending
-        timeout = max(timeout_millis, 0) / 1000
-        self._hurry_at = min(self._hurry_at or float("inf"), time.monotonic() + timeout / 2)
-        marker = _FlushMarker()
-        self._queue.append(marker)
-        self._wake.set()
-        return marker.done.wait(timeout) and marker.ok
+        return self._writer.flush(max(timeout_millis, 0) / 1000)
 
     def shutdown(self, timeout_millis: int = 30_000) -> bool:  # type: ignore[override]
         """Flush (within *timeout_millis*), stop the writer thread and release the engine."""
         if self._shutdown:
             return True
-        deadline = time.monotonic() + max(timeout_millis, 0) / 1000
-        self._deadline = deadline - max(timeout_millis, 0) / 10_000  # leave time to spool
-        self._hurry_at = time.monotonic() + max(timeout_millis, 0) / 2000
-        flushed = self.force_flush(timeout_millis)
-        self._shutdown = True
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if not self._thread.is_alive():
+        flushed = self._writer.shutdown(max(timeout_millis, 0) / 1000, flushed=self._stop_queueing)
+        if not self._writer.alive:
             self.engine.dispose()
         return flushed
+
+    def _stop_queueing(self) -> None:
+        self._shutdown = True
+
+    @property
+    def writer(self) -> HistoryWriter:
+        """The writer that owns everything after the queue."""
+        return self._writer
 
     @property
     def stats(self) -> dict[str, int | str | None]:
         """Counters (ints that only grow, but ``queue_depth``/``active_runs``) and state."""
-        writer = self._writer
-        stats: dict[str, int | str | None] = {
-            "queue_depth": len(self._queue),
-            "events_dropped": self._dropped,
-            "callback_errors": self._errors,
-            "active_runs": writer.active_runs,
-        }
-        stats.update(dataclasses.asdict(writer.stats))
-        stats["writer_state"] = writer.health.state
+        stats = self._writer.snapshot()
+        stats["callback_errors"] = self._errors
         return stats
-
-    # -- the writer thread -----------------------------------------------------------------
-    def _start_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self._run, name="flowtel-history-writer", daemon=True)
-        thread.start()
-        return thread
-
-    def _run(self) -> None:
-        try:
-            self._writer.prepare()
-            self._loop()
-        except Exception:  # pragma: no cover - last resort: never die silently
-            logger.exception("flowtel's history writer stopped unexpectedly")
-
-    def _loop(self) -> None:
-        queue, writer, batch = self._queue, self._writer, self._max_batch_size
-        waiting: list[_FlushMarker] = []
-        while True:
-            writer.collect()
-            overloaded = len(queue) >= self._spool_threshold
-            hurry = self._hurry_at is not None and time.monotonic() >= self._hurry_at
-            if not waiting and (overloaded or hurry or writer.db.idle):  # one busy thread
-                waiting = self._drain_into(writer, batch * (4 if overloaded else 1))
-            writer.step(urgent=bool(waiting), spool_only=overloaded, hurry=hurry)
-            # A flush is answered once its rows are committed — those spooled because the
-            # queue overflowed included: with the database healthy they are replayed first —
-            # or, at the deadline, with whatever is left spooled.
-            replaying = writer.unreplayed and writer.health.healthy
-            if waiting and ((writer.settled and not replaying) or hurry):
-                ok = writer.settled and writer.health.healthy and not writer.unreplayed
-                for marker in waiting:
-                    marker.ok = ok
-                    marker.done.set()
-                waiting = []
-                if not self._shutdown:
-                    self._hurry_at = None
-            writer.maintain(idle=len(queue) < batch and (not waiting or writer.settled))
-            if self._stop.is_set() and not queue and not waiting:
-                writer.finish(self._deadline)
-                return
-            if waiting or not queue or not (writer.db.idle or overloaded or hurry):
-                self._wake.wait(self._flush_interval)
-                self._wake.clear()
-
-    def _drain_into(self, writer: HistoryWriter, limit: int) -> list[_FlushMarker]:
-        queue = self._queue
-        batch: list[Any] = []
-        markers: list[_FlushMarker] = []
-        popleft = queue.popleft
-        while queue and len(batch) < limit:
-            item = popleft()
-            if isinstance(item, _FlushMarker):
-                markers.append(item)
-                break  # answer the marker with everything before it written
-            batch.append(item)
-        if batch:
-            writer.fold(batch)
-        return markers
 
     def _make_writer(self) -> HistoryWriter:
         return HistoryWriter(
-            self.engine,
-            spool_directory=self.spool_directory,
-            notify=lambda: self._wake.set(),
-            **self._writer_options,
+            self.engine, spool_directory=self.spool_directory, **self._writer_options
         )
 
     def _after_fork_in_child(self) -> None:
         """A forked child gets a fresh queue, writer thread, spool file and connection pool."""
-        self._queue = deque()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._hurry_at = None
         self.engine.dispose(close=False)
         self._writer.forget_files()  # the parent keeps its spool file and its lock
         self._writer = self._make_writer()
         if not self._shutdown:
-            self._thread = self._start_thread()
+            self._writer.start()
 
 
 def _after_fork(ref: weakref.ref[WorkflowHistorySpanProcessor]) -> None:

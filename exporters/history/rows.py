@@ -24,11 +24,10 @@ from exporters.history.capture import ErrorInfo, RunEnd, RunStart, StepEnd, Step
 from exporters.history.sanitize import clean_run_row, clean_step_row
 from instrumentation import attributes as attr
 from instrumentation.attributes import RunStatus, StepStatus
-from instrumentation.limits import get_limits
+from instrumentation.limits import get_limits, truncation_marker
 
 __all__ = ["RunState", "StepSummary", "step_row"]
 
-MAX_LOG_LINES = 20
 _FINAL_STEP = frozenset({StepStatus.COMPLETED.value, StepStatus.SKIPPED.value})
 _RUNNING = StepStatus.RUNNING.value  # enum ``.value`` is a Python-level property: read it once
 
@@ -214,7 +213,7 @@ class RunState:
                 "completed_at": iso_text(self.end_ns),
                 "updated_at": iso_text(now),
             },
-            "errors": self.errors,
+            "errors": list(self.errors),  # the database thread serialises it: not the live list
             "trace": {
                 "trace_id": trace_id,
                 "span_id": span_id,
@@ -302,12 +301,21 @@ def step_row(event: StepStart | StepEnd) -> dict[str, Any]:
 
 
 def _log_lines(logs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
-    return [
+    """The newest ``Limits.log_lines`` lines; past it, the first says how many went."""
+    keep = get_limits().log_lines
+    dropped = max(0, len(logs) - keep)
+    if dropped and keep:
+        dropped += 1  # the marker takes one of the kept places
+    lines = [
         {
             "at": iso_text(line["at_ns"]),
             "severity": line["severity"],
             "logger": line["logger"],
             "message": line["message"],
         }
-        for line in logs[-MAX_LOG_LINES:]
+        for line in logs[dropped:]
     ]
+    if dropped and keep:
+        marker = {"at": None, "severity": None, "logger": None}
+        lines.insert(0, {**marker, "message": truncation_marker(dropped, "lines")})
+    return lines

@@ -1,24 +1,34 @@
-"""The history writer: folds queued events per run into rows, commits them or spools them.
+"""The history writer: the one owner of everything after the queue, in one loop.
 
-Owned by the processor's writer thread, never the application's; its database calls run on a
-:class:`~.dbthread.DatabaseThread`, so it never waits on the database. Each batch is
-one transaction with one multi-row upsert for runs and one for steps. A failed batch goes back
-to the pending rows and is retried with exponential backoff (see :mod:`.health`) while
-new events keep being folded in. Pending rows go to the local spool once the database has
-failed for ``spool_after`` seconds, at once when it refuses the rows themselves (the replay
-then isolates the refused ones), when the queue is over its threshold, and when a flush
-deadline is near (then the batch in flight too). While the database is down every batch follows
-them, and each attempt (with the next batch, or ``SELECT 1`` when idle) probes for its return;
-then the spool is replayed a chunk at a time between batches. An outage of any length thus
-costs the active runs' state plus a batch or two; without a working spool, at most
-``max_pending_steps`` step rows are kept (the oldest are dropped, and counted). While healthy,
-the writer refreshes the heartbeat of its active runs every ``heartbeat_interval`` seconds.
+The processor only captures events and hands them to :meth:`HistoryWriter.put`. The writer
+holds the queue and runs the loop on its own thread; each turn it collects the outcome of the
+last database call, drains a batch, folds it into run state (:mod:`.pending`, :mod:`.rows`),
+then commits it, spools it or keeps it for a retry, answers waiting flushes, and between
+batches probes, heart-beats or replays a spool chunk. Its states are the
+:class:`~.health.WriterState` enum; :mod:`.health` tracks the database's side of them (backoff,
+logging each change once) and :mod:`.dbthread` runs each database call on a thread of its own,
+so the writer never waits on the database.
+
+Each batch is one transaction with one multi-row upsert for runs and one for steps. A failed
+batch goes back to the pending rows and is retried with exponential backoff while new events
+keep being folded in. Pending rows go to the local spool once the database has failed for
+``spool_after`` seconds, at once when it refuses the rows themselves (the replay then isolates
+the refused ones), when the queue is over its threshold, and when a flush deadline is near
+(then the batch in flight too). While the database is down every batch follows them, and each
+attempt (with the next batch, or ``SELECT 1`` when idle) probes for its return; then the spool
+is replayed a chunk at a time between batches. An outage of any length thus costs the active
+runs' state plus a batch or two; without a working spool, at most ``max_pending_steps`` step
+rows are kept (the oldest are dropped, and counted). While healthy, the writer refreshes the
+heartbeat of its active runs every ``heartbeat_interval`` seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,28 +40,48 @@ from exporters.db.check import prepare_schema
 from exporters.db.driver_errors import refused
 from exporters.db.heartbeat import heartbeat
 from exporters.history.dbthread import DatabaseThread
-from exporters.history.health import WriterHealth, WriterStats
+from exporters.history.health import WriterHealth, WriterState, WriterStats
 from exporters.history.pending import PendingRows, Rows
 from exporters.spool.files import Spool, spool_key
 from exporters.spool.replay import Replayer
 
-__all__ = ["HistoryWriter", "WriterStats"]
+__all__ = ["HistoryWriter", "WriterState", "WriterStats"]
 
 logger = logging.getLogger("flowtel.writer")
 
 
+class _FlushMarker:
+    """Queued by :meth:`HistoryWriter.flush`; set once everything queued before it was handled."""
+
+    __slots__ = ("done", "ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+
+
 class HistoryWriter:
-    """Turns events into rows and commits them, or spools them; owned by one thread.
+    """Turns queued events into rows and commits them, or spools them.
+
+    :meth:`put`, :meth:`flush` and :meth:`shutdown` are called from any thread; everything else
+    runs on the writer's thread (started by :meth:`start`), or on the caller's for tools and
+    benchmarks that drive it by hand with :meth:`fold` and :meth:`write`.
 
     Args:
         engine: the history database.
+        create_tables: prepare the schema before the first write (on the database thread).
         spool_directory: where rows go while the database cannot take them, and are
             replayed from (``None``: keep them in memory, dropping the oldest step rows past
             *max_pending_steps*).
         spool_after: seconds of failed writes before rows go to the spool.
         heartbeat_interval: seconds between refreshes of the active runs' ``updated_at``.
         max_pending_steps: step rows kept in memory without a spool, or a working one.
-        notify: wakes the writer thread when a database call has finished.
+        max_queue_size: events held in the queue at most.
+        max_batch_size: events folded into one write at most.
+        spool_threshold: queue length past which drained events are spooled, not committed.
+        flush_interval: seconds the idle writer waits before looking at the queue again.
+        startup: called once on the database thread before any other database call (retried
+            with the next call if it raises), e.g. to replay a spool left by earlier processes.
     """
 
     def __init__(
@@ -67,24 +97,116 @@ class HistoryWriter:
         heartbeat_interval: float = 5.0,
         max_pending_steps: int = 20_000,
         max_backoff: float = 5.0,
-        notify: Callable[[], None] | None = None,
+        max_queue_size: int = 100_000,
+        max_batch_size: int = 5_000,
+        spool_threshold: int | None = None,
+        flush_interval: float = 0.05,
+        startup: Callable[[], object] | None = None,
     ) -> None:
+        if max_queue_size < 1 or max_batch_size < 1:
+            raise ValueError("max_queue_size and max_batch_size must be at least 1")
         self.engine = engine
         self.stats = WriterStats()
         self.health = WriterHealth(engine.url, self.stats, max_backoff)
-        self.db = DatabaseThread(notify or (lambda: None))
+        self.queue: deque[Any] = deque()
+        self.events_dropped = 0
+        self._wake = threading.Event()
+        self.db = DatabaseThread(self._wake.set)
         self.pending = PendingRows(service_name, trace_url_template, context_keys)
         key = spool_key(engine.url)
         self.spool = Spool(spool_directory, key) if spool_directory else None
         self.replayer = Replayer(spool_directory, key) if spool_directory else None
         self.unreplayed = False  # rows this writer spooled that were not replayed yet
         self._create_tables = create_tables
+        self._startup = startup
         self._spool_after = spool_after
         self._heartbeat_interval = heartbeat_interval
         self._max_pending_steps = max_pending_steps
+        self._max_queue_size = max_queue_size
+        self._max_batch_size = max_batch_size
+        self._spool_threshold = max(1, spool_threshold or max_queue_size * 9 // 10)
+        self._flush_interval = flush_interval
         self._spool_broken = False
         self._replay_due = self.replayer is not None
         self._next_beat = time.monotonic() + heartbeat_interval
+        self._hurry_at: float | None = None
+        self._deadline = float("inf")
+        self._stop = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    # -- any thread ------------------------------------------------------------------------
+    def put(self, event: Any) -> None:
+        """Queue a captured event (on the application's thread: O(1), no I/O, no lock)."""
+        queue = self.queue
+        if len(queue) < self._max_queue_size:
+            queue.append(event)
+            return
+        self.events_dropped += 1
+        if self.events_dropped == 1:
+            logger.error(
+                "flowtel's history queue is full (%d events): dropping new events",
+                self._max_queue_size,
+            )
+
+    def start(self) -> None:
+        """Start the writer's thread."""
+        thread = threading.Thread(target=self._run, name="flowtel-history-writer", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the writer's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def flush(self, timeout: float) -> bool:
+        """Write everything queued so far; False if not all of it committed within *timeout*
+        seconds (past half of it, what is left is spooled)."""
+        if not self.alive:
+            return not self.queue and not self.has_pending
+        self._hurry_at = min(self._hurry_at or float("inf"), time.monotonic() + timeout / 2)
+        marker = _FlushMarker()
+        self.queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout) and marker.ok
+
+    def shutdown(self, timeout: float, *, flushed: Callable[[], object] | None = None) -> bool:
+        """Flush (within *timeout* seconds), then stop the thread; True if all was committed.
+
+        Args:
+            timeout: seconds for the whole shutdown.
+            flushed: called once the flush returned, before the loop is told to stop (the
+                processor stops queueing there: the loop then drains what came meanwhile).
+        """
+        deadline = time.monotonic() + timeout
+        self._deadline = deadline - timeout / 10  # leave time to spool
+        self._hurry_at = time.monotonic() + timeout / 2
+        ok = self.flush(timeout)
+        if flushed is not None:
+            flushed()
+        self._stopped = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        return ok
+
+    @property
+    def state(self) -> WriterState:
+        """The writer's current state."""
+        return WriterState.STOPPED if self._stopped else self.health.state
+
+    def snapshot(self) -> dict[str, int | str | None]:
+        """Counters (ints that only grow, but ``queue_depth``/``active_runs``) and state."""
+        stats: dict[str, int | str | None] = {
+            "queue_depth": len(self.queue),
+            "events_dropped": self.events_dropped,
+            "active_runs": self.active_runs,
+        }
+        stats.update(dataclasses.asdict(self.stats))
+        stats["writer_state"] = self.state.value
+        return stats
 
     @property
     def has_pending(self) -> bool:
@@ -102,6 +224,59 @@ class HistoryWriter:
         """Runs started and not yet ended, as far as this writer has seen."""
         return len(self.pending.runs)
 
+    # -- the writer's thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.prepare()
+            self._loop()
+        except Exception:  # pragma: no cover - last resort: never die silently
+            logger.exception("flowtel's history writer stopped unexpectedly")
+
+    def _loop(self) -> None:
+        queue, batch = self.queue, self._max_batch_size
+        waiting: list[_FlushMarker] = []
+        while True:
+            self.collect()
+            overloaded = len(queue) >= self._spool_threshold
+            hurry = self._hurry_at is not None and time.monotonic() >= self._hurry_at
+            if not waiting and (overloaded or hurry or self.db.idle):  # one busy thread
+                waiting = self._drain(batch * (4 if overloaded else 1))
+            self.step(spool_only=overloaded, hurry=hurry)
+            # A flush is answered once its rows are committed — those spooled because the
+            # queue overflowed included: with the database healthy they are replayed first —
+            # or, at the deadline, with whatever is left spooled.
+            replaying = self.unreplayed and self.health.healthy
+            if waiting and ((self.settled and not replaying) or hurry):
+                ok = self.settled and self.health.healthy and not self.unreplayed
+                for marker in waiting:
+                    marker.ok = ok
+                    marker.done.set()
+                waiting = []
+                if not self._stop.is_set():
+                    self._hurry_at = None
+            self.maintain(idle=len(queue) < batch and (not waiting or self.settled))
+            if self._stop.is_set() and not queue and not waiting:
+                self.finish(self._deadline)
+                return
+            if waiting or not queue or not (self.db.idle or overloaded or hurry):
+                self._wake.wait(self._flush_interval)
+                self._wake.clear()
+
+    def _drain(self, limit: int) -> list[_FlushMarker]:
+        queue = self.queue
+        batch: list[Any] = []
+        markers: list[_FlushMarker] = []
+        popleft = queue.popleft
+        while queue and len(batch) < limit:
+            item = popleft()
+            if isinstance(item, _FlushMarker):
+                markers.append(item)
+                break  # answer the marker with everything before it written
+            batch.append(item)
+        if batch:
+            self.fold(batch)
+        return markers
+
     def fold(self, events: Iterable[Any]) -> None:
         """Fold *events* (in queue order) into run states and pending step rows."""
         self.pending.fold(events)
@@ -109,17 +284,20 @@ class HistoryWriter:
             self.stats.steps_dropped += self.pending.drop_oldest_steps(self._max_pending_steps)
 
     def prepare(self) -> None:
-        """Prepare the schema in the background (``prepare_schema``: create the tables on an
-        empty database, or raise ``SchemaMismatchError``, logged once and retried)."""
-        if self._create_tables and self.db.idle:
+        """Run the startup call and prepare the schema in the background (``prepare_schema``:
+        create the tables on an empty database, or raise ``SchemaMismatchError``, logged once
+        and retried)."""
+        if (self._create_tables or self._startup is not None) and self.db.idle:
             self.db.submit("prepare", self._ensure_schema)
 
     def _ensure_schema(self) -> None:
-        if self._create_tables:  # on the database thread, like every call
+        if self._startup is not None:  # on the database thread, like every call
+            self._startup()
+            self._startup = None
+        if self._create_tables:
             prepare_schema(self.engine)
             self._create_tables = False
 
-    # -- one turn of the writer's loop ------------------------------------------------------
     def collect(self) -> None:
         """Take in the outcome of the database call that finished, if any."""
         outcome = self.db.collect()
@@ -145,11 +323,10 @@ class HistoryWriter:
         if self.health.recovered():
             self._replay_due = self.replayer is not None
 
-    def step(self, *, urgent: bool = False, spool_only: bool = False, hurry: bool = False) -> None:
+    def step(self, *, spool_only: bool = False, hurry: bool = False) -> None:
         """Commit the pending rows, or spool them, or keep them for a retry.
 
         Args:
-            urgent: a flush waits (it is answered once the rows are committed or spooled).
             spool_only: the queue is over its threshold: spool instead of committing.
             hurry: a deadline is near: spool everything, the batch in flight too.
         """
@@ -221,7 +398,6 @@ class HistoryWriter:
             self._spool_broken = False
             self.unreplayed = True
 
-    # -- between batches -------------------------------------------------------------------
     def maintain(self, *, idle: bool) -> None:
         """Probe, heartbeat or replay a spool chunk, if one is due and no call is in flight.
 
@@ -261,7 +437,6 @@ class HistoryWriter:
         self._ensure_schema()
         return self.replayer.replay_chunk(self.engine)
 
-    # -- the end ---------------------------------------------------------------------------
     def finish(self, deadline: float) -> None:
         """Commit what is left, and replay what this writer spooled, if the database takes it
         before *deadline*; spool the rest (replayed at the next start)."""
@@ -272,7 +447,7 @@ class HistoryWriter:
             elif not self.health.healthy:
                 break
             elif self.pending:
-                self.step(urgent=True)
+                self.step()
             elif self.unreplayed and self.replayer is not None and self.spool is not None:
                 self.spool.seal()
                 self.db.submit("replay", self._replay_chunk)

@@ -1,0 +1,106 @@
+"""The writer's named states, the log-line limit it honours and the rows it hands over.
+
+The writer owns the loop and reports where it stands as one :class:`WriterState`; a step row
+keeps at most ``Limits.log_lines`` log lines; a rendered run row shares no mutable list with the
+writer's state (the database thread serialises it while the writer folds on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from exporters import WorkflowHistorySpanProcessor, make_engine
+from exporters.history.capture import ErrorInfo, RunStart, StepEnd
+from exporters.history.rows import RunState
+from exporters.history.writer import WriterState
+from exporters.telemetry.logs import add_log_event
+from instrumentation import workflow_run
+from instrumentation.limits import Limits, get_limits, set_limits
+from tests.conftest import _SWITCHBOARD, History
+
+UNREACHABLE = "postgresql+psycopg://flowtel:pw@127.0.0.1:9/nowhere?connect_timeout=1"
+
+
+def wait_for(check: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def three_log_lines() -> Iterator[None]:
+    before = get_limits()
+    set_limits(Limits(log_lines=3))
+    yield
+    set_limits(before)
+
+
+def test_states_move_from_healthy_to_spooling_and_stop(
+    tmp_path: Path, tracer_provider: TracerProvider
+) -> None:
+    """healthy while the database answers; retrying, then spooling, while it does not;
+    stopped after shutdown — each the value of one WriterState."""
+    good = WorkflowHistorySpanProcessor(make_engine(f"sqlite:///{tmp_path}/h.db"))
+    _SWITCHBOARD.targets.append(good)
+    with workflow_run("wf") as run, run.step("s"):
+        pass
+    assert good.force_flush(10_000)
+    assert good.stats["writer_state"] == WriterState.HEALTHY.value
+    good.shutdown(5_000)
+    assert good.stats["writer_state"] == WriterState.STOPPED.value
+
+    bad = WorkflowHistorySpanProcessor(make_engine(UNREACHABLE), spool_after=0.3)
+    _SWITCHBOARD.targets[:] = [bad]
+    seen: set[Any] = set()
+    with workflow_run("wf") as run, run.step("s"):
+        pass
+    deadline = time.monotonic() + 10
+    while WriterState.SPOOLING.value not in seen and time.monotonic() < deadline:
+        seen.add(bad.stats["writer_state"])
+        time.sleep(0.01)
+    assert WriterState.SPOOLING.value in seen, seen
+    assert seen <= {s.value for s in WriterState}
+    bad.shutdown(2_000)
+    assert bad.stats["writer_state"] == WriterState.STOPPED.value
+
+
+def test_step_logs_keep_the_configured_number_of_lines(
+    history: History, three_log_lines: None
+) -> None:
+    """Limits(log_lines=3): ten log lines leave the newest two and a marker saying how many
+    went (the writer used a hard-coded 20)."""
+    with workflow_run("wf") as run, run.step("chatty"):
+        for n in range(10):
+            assert add_log_event("warning", f"line {n}")
+    history.flush()
+    (row,) = history.steps(run.run_id)
+    assert len(row.logs) == 3
+    assert row.logs[0]["message"] == "…[truncated 8 lines]"
+    assert [line["message"] for line in row.logs[1:]] == ["line 8", "line 9"]
+
+
+def test_a_rendered_row_does_not_share_the_errors_list() -> None:
+    """A row handed to the database thread keeps the errors of its own snapshot, whatever the
+    writer folds afterwards."""
+    state = RunState("r1", None, None)
+    state.apply(RunStart("r1", 1, 2, 1, 1_000, {"workflow.run_id": "r1", "workflow.name": "wf"}))
+
+    def fail(attempt: int) -> StepEnd:
+        error = ErrorInfo("OSError", f"try {attempt}", None)
+        return StepEnd("r1", 10 + attempt, 2_000, 3_000, "s", 1, attempt, "failed", None, error)
+
+    state.apply(fail(1))
+    row = state.row(("server_id", "device_type"))
+    errors = row["metadata"]["errors"]
+    assert [e["message"] for e in errors] == ["try 1"]
+    state.apply(fail(2))
+    assert [e["message"] for e in row["metadata"]["errors"]] == ["try 1"]
+    assert row["metadata"]["errors"] is not state.errors
