@@ -259,3 +259,54 @@ def test_the_reaper_leaves_imported_rows_alone(tmp_path: Path) -> None:
     reap(engine, 3600)
     engine.dispose()
     assert raw_old_values(url) == before
+
+
+def test_revision_0002_rekeys_the_steps_of_a_0001_database_keeping_its_rows(
+    empty_url: str,
+) -> None:
+    from exporters.db.check import check_schema
+    from exporters.db.upsert import upsert_rows
+
+    engine = make_engine(empty_url)
+    migrations.upgrade(engine, "0001")
+    with engine.begin() as connection:
+        for n in range(3):
+            connection.exec_driver_sql(
+                "INSERT INTO workflow_step_history (run_id, span_id, step_index, step_name, "
+                f"attempt, status) VALUES ('run-{n}', 'span-{n}', {n}, 'step', 1, 'completed')"
+            )
+    before = check_schema(engine)
+    assert [(d.kind, d.blocking) for d in before.differences] == [("missing_unique", True)]
+    result = migrations.upgrade(engine)
+    assert (result.from_revision, result.to_revision) == ("0001", "0002")
+    assert any("(run_id, span_id)" in note for note in result.notes)
+    assert check_schema(engine).matches
+    rows = [
+        {
+            "run_id": f"run-{n}",
+            "span_id": "span-0",
+            "step_index": 1,
+            "step_name": "again",
+            "attempt": 1,
+            "status": "completed",
+        }
+        for n in (1, 2)
+    ]
+    from exporters.db.schema import STEP_COLUMNS
+
+    rows = [{name: row.get(name) for name in STEP_COLUMNS} for row in rows]
+    with engine.begin() as connection:
+        assert upsert_rows(connection, [], rows).step_conflicts == 0
+    with engine.connect() as connection:
+        stored = connection.exec_driver_sql(
+            "SELECT run_id, span_id, step_name FROM workflow_step_history ORDER BY run_id, span_id"
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in stored] == [
+        ("run-0", "span-0", "step"),
+        ("run-1", "span-0", "again"),
+        ("run-1", "span-1", "step"),
+        ("run-2", "span-0", "again"),
+        ("run-2", "span-2", "step"),
+    ]
+    assert invoke("check", "--db", empty_url).exit_code == 0

@@ -69,7 +69,12 @@ def create_variant(
             if not runs
             or (index.name != drop_index and not {c.name for c in index.columns} & set(drop))
         ]
-        sa.Table(table.name, meta, *columns, *(extra if runs else ()), *indexes)
+        keys = [  # table-level unique constraints (the steps' (run_id, span_id))
+            sa.UniqueConstraint(*(c.name for c in constraint.columns), name=constraint.name)
+            for constraint in table.constraints
+            if isinstance(constraint, sa.UniqueConstraint) and len(constraint.columns) > 1
+        ]
+        sa.Table(table.name, meta, *columns, *(extra if runs else ()), *indexes, *keys)
     engine = sa.create_engine(url)
     meta.create_all(engine)
     engine.dispose()

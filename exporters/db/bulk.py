@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Dialect
 
-from exporters.db.upsert import run_upsert, step_upsert
+from exporters.db.upsert import UpsertResult, count_step_conflicts, run_upsert, step_upsert
 
 __all__ = ["ArrayUpsert", "BulkUpsert", "bulk_upsert_rows"]
 
@@ -118,12 +118,16 @@ class BulkUpsert(_Compiled):
             extend(values(row))
         return tuple(flat)
 
-    def execute(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Upsert *rows* in as few statements as the dialect's parameter limit allows."""
+    def execute(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Upsert *rows* in as few statements as the dialect's parameter limit allows; return
+        how many rows were inserted or updated."""
         size = self.chunk_rows
+        written = 0
         for offset in range(0, len(rows), size):
             chunk = rows[offset : offset + size]
-            connection.exec_driver_sql(self.sql(len(chunk)), self.parameters(chunk))
+            result = connection.exec_driver_sql(self.sql(len(chunk)), self.parameters(chunk))
+            written += result.rowcount
+        return written
 
 
 class ArrayUpsert(_Compiled):
@@ -146,10 +150,11 @@ class ArrayUpsert(_Compiled):
         values = self.values
         return tuple(list(column) for column in zip(*[values(row) for row in rows], strict=True))
 
-    def execute(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Upsert *rows* with one statement."""
-        if rows:
-            connection.exec_driver_sql(self.sql, self.parameters(rows))
+    def execute(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Upsert *rows* with one statement; return how many were inserted or updated."""
+        if not rows:
+            return 0
+        return connection.exec_driver_sql(self.sql, self.parameters(rows)).rowcount
 
 
 _cache: dict[tuple[str, str, str], BulkUpsert | ArrayUpsert] = {}
@@ -184,15 +189,17 @@ def bulk_upsert_rows(
     connection: Connection,
     run_rows: Sequence[dict[str, Any]],
     step_rows: Sequence[dict[str, Any]],
-) -> None:
+) -> UpsertResult:
     """Upsert runs and steps with multi-row statements (``executemany`` on MySQL/MariaDB)."""
     dialect = connection.dialect
     if dialect.name not in _MAX_PARAMETERS:
         from exporters.db.upsert import upsert_rows
 
-        upsert_rows(connection, run_rows, step_rows)
-        return
+        return upsert_rows(connection, run_rows, step_rows)
     if run_rows:
         _bulk(dialect, "run").execute(connection, run_rows)
+    conflicts = 0
     if step_rows:
-        _bulk(dialect, "step").execute(connection, step_rows)
+        written = _bulk(dialect, "step").execute(connection, step_rows)
+        conflicts = count_step_conflicts(connection, step_rows, written)
+    return UpsertResult(len(run_rows), len(step_rows), conflicts)

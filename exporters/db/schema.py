@@ -3,7 +3,9 @@
 ``workflow_history`` is a superset of the table the old provisioning system wrote by hand, so
 its queries keep working; flowtel adds the unique ``run_id``, trace ids, progress, host/pid
 heartbeat columns and ``seq``, the per-run sequence number that makes upserts monotonic.
-``workflow_step_history`` holds one row per step attempt, keyed by the attempt's span id.
+``workflow_step_history`` holds one row per step attempt, keyed by its run and the attempt's
+span id (span ids are unique only within a trace, and repeat across runs whose provider draws
+them from a seeded ``random``).
 Timestamps are timezone-aware UTC on every database; JSON is JSONB on PostgreSQL.
 """
 
@@ -25,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
@@ -34,6 +37,8 @@ from exporters.db.timestamps import sqlite_text
 __all__ = [
     "RUN_COLUMNS",
     "STEP_COLUMNS",
+    "STEP_KEY",
+    "STEP_KEY_CONSTRAINT",
     "UTCDateTime",
     "create_schema",
     "metadata",
@@ -100,6 +105,11 @@ def _json() -> Any:
     return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
+STEP_KEY: tuple[str, ...] = ("run_id", "span_id")
+"""The columns that identify a step row (its upsert's conflict target)."""
+STEP_KEY_CONSTRAINT = "uq_workflow_step_history_run_span"
+"""The name of the unique constraint on :data:`STEP_KEY` (revision 0002)."""
+
 metadata = MetaData()
 
 workflow_history = Table(
@@ -143,7 +153,7 @@ workflow_step_history = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("run_id", String(64), nullable=False),
-    Column("span_id", String(16), nullable=False, unique=True),
+    Column("span_id", String(16), nullable=False),
     Column("step_index", Integer, nullable=False),
     Column("step_name", String(255), nullable=False),
     Column("attempt", Integer, nullable=False, default=1),
@@ -159,6 +169,7 @@ workflow_step_history = Table(
     Index("ix_workflow_step_history_run_id", "run_id", "step_index"),
     Index("ix_workflow_step_history_status_started_at", "status", "started_at"),
     Index("ix_workflow_step_history_started_at", "started_at"),
+    UniqueConstraint("run_id", "span_id", name=STEP_KEY_CONSTRAINT),
 )
 
 RUN_COLUMNS: tuple[str, ...] = tuple(c.name for c in workflow_history.columns if c.name != "id")

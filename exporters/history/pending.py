@@ -22,7 +22,8 @@ __all__ = ["PendingRows", "Rows"]
 Rows = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 """Run rows and step rows, ready to upsert or spool."""
 
-_Steps = dict[int, StepStart | StepEnd]
+# keyed by (run_id, span_id): span ids may repeat across runs (seeded default ids)
+_Steps = dict[tuple[str, int], StepStart | StepEnd]
 
 
 class PendingRows:
@@ -66,7 +67,8 @@ class PendingRows:
         for raw in drop_superseded_starts(list(events)):
             event = decode(raw)
             if isinstance(event, (StepStart, StepEnd)):
-                steps[event.span_id] = event  # queue order: an end follows its start
+                # queue order: an end follows its start
+                steps[(event.run_id, event.span_id)] = event
                 run = runs.get(event.run_id)
                 if run is None:
                     continue  # the run's own span was not seen (yet): its end will carry all
@@ -110,8 +112,8 @@ class PendingRows:
         else:
             for run_id, run in runs.items():
                 self.dirty.setdefault(run_id, run)
-            for span_id, event in steps.items():
-                self.steps.setdefault(span_id, event)  # a newer event of the step wins
+            for key, event in steps.items():
+                self.steps.setdefault(key, event)  # a newer event of the step wins
 
     def spool(self, put: Callable[[Rows], bool], *, with_flight: bool = False) -> bool:
         """Render the pending rows (with the batch in flight) for *put*; forget them if it took
@@ -121,8 +123,8 @@ class PendingRows:
         if flight is not None:
             for run_id, run in flight[0].items():
                 runs.setdefault(run_id, run)
-            for span_id, event in flight[1].items():
-                steps.setdefault(span_id, event)
+            for key, event in flight[1].items():
+                steps.setdefault(key, event)
         if not put(self._render(runs, steps)):
             return False
         self.flight_spooled = self.flight_spooled or flight is not None

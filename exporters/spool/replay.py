@@ -32,16 +32,16 @@ from exporters.db.bulk import bulk_upsert_rows
 from exporters.db.check import prepare_schema
 from exporters.db.driver_errors import refused
 from exporters.db.engine import display_url
+from exporters.db.upsert import step_replaces
 from exporters.spool.files import spool_directory, spool_files, spool_key
 from exporters.spool.format import RUN, SpoolHeader, read_header, read_records
-from instrumentation.attributes import FINAL_RUN_STATUSES, StepStatus
+from instrumentation.attributes import FINAL_RUN_STATUSES
 
 __all__ = ["ReplayResult", "Replayer", "fold_rows", "replay_spool"]
 
 logger = logging.getLogger("flowtel.spool")
 
 _FINAL = frozenset(s.value for s in FINAL_RUN_STATUSES)
-_RUNNING = StepStatus.RUNNING.value
 
 
 class _Claim:
@@ -74,16 +74,17 @@ def fold_rows(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Fold snapshots of the same key the way the upsert guards would, in order."""
     runs: dict[str, dict[str, Any]] = {}
-    steps: dict[str, dict[str, Any]] = {}
+    steps: dict[tuple[str, str], dict[str, Any]] = {}
     for kind, row in rows:
         if kind == RUN:
             current = runs.get(row["run_id"])
             if current is None or (current["status"] not in _FINAL and current["seq"] < row["seq"]):
                 runs[row["run_id"]] = row
         else:
-            current = steps.get(row["span_id"])
-            if current is None or current["status"] == _RUNNING:
-                steps[row["span_id"]] = row
+            key = (row["run_id"], row["span_id"])
+            current = steps.get(key)
+            if current is None or step_replaces(current, row):
+                steps[key] = row
     return list(runs.values()), list(steps.values())
 
 
