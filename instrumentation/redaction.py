@@ -281,7 +281,9 @@ def redact_event_dict(event_dict: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in event_dict.items():
         if isinstance(key, str) and redactor.is_secret_key(key):
             clean[key] = REDACTED
-        elif isinstance(value, BaseException) and key != "exc_info":
+        elif key == "exc_info":
+            clean[key] = value  # left for format_exc_info, whose text is masked (run it first)
+        elif isinstance(value, BaseException):
             try:
                 text = f"{type(value).__name__}: {value}"
             except Exception:

@@ -199,19 +199,23 @@ def test_runs_bad_since_is_a_bad_parameter_with_an_example(db: str) -> None:
     assert "2026-11-01" in result.output
 
 
-def test_runs_on_missing_sqlite_file_suggests_demo_and_creates_nothing(tmp_path: Path) -> None:
-    """No database yet: a hint to run flowtel demo, exit 0, and no file created."""
+def test_runs_on_missing_sqlite_file_exits_3_and_creates_nothing(tmp_path: Path) -> None:
+    """No database yet: exit 3 naming `flowtel db upgrade`, and no file created."""
     path = tmp_path / "none.db"
     result = invoke("runs", "--db", f"sqlite:///{path}")
-    assert (result.exit_code, "flowtel demo" in result.output, path.exists()) == (0, True, False)
+    assert (result.exit_code, "flowtel db upgrade" in result.output, path.exists()) == (
+        3,
+        True,
+        False,
+    )
 
 
-def test_runs_on_database_without_tables_suggests_demo(tmp_path: Path) -> None:
-    """A database without flowtel's tables is treated as empty history."""
+def test_runs_on_database_without_tables_exits_3(tmp_path: Path) -> None:
+    """A database without flowtel's tables is not a history: exit 3 naming the fix."""
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     make_engine(url).connect().close()
     result = invoke("runs", "--db", url)
-    assert (result.exit_code, "flowtel demo" in result.output) == (0, True)
+    assert (result.exit_code, "no flowtel history tables" in result.output) == (3, True)
 
 
 def test_runs_without_matches_says_so(db: str) -> None:
@@ -325,10 +329,10 @@ def test_show_ambiguous_prefix_exits_1(tmp_path: Path) -> None:
     )
 
 
-def test_show_on_missing_database_exits_1(tmp_path: Path) -> None:
-    """show with nothing recorded exits 1 and suggests the demo."""
+def test_show_on_missing_database_exits_3(tmp_path: Path) -> None:
+    """show on a database file that does not exist exits 3 naming the fix."""
     result = invoke("show", "abcd1234", "--db", f"sqlite:///{tmp_path / 'none.db'}")
-    assert (result.exit_code, "flowtel demo" in result.output) == (1, True)
+    assert (result.exit_code, "flowtel db upgrade" in result.output) == (3, True)
 
 
 @pytest.mark.parametrize("command", [["runs"], ["show", "abcd1234"], ["stats"], ["tail"]])

@@ -220,3 +220,72 @@ def test_ended_span_and_provider_edge_cases(
     finally:
         context.detach(token)
     assert [e["event"] for e in lines(out)] == ["after the end"]
+
+
+SECRETS = ("hunter2", "tok-123", "pw-url", "exc-tok", "tb-secret")
+
+
+@pytest.fixture(params=["json", "console"])
+def any_format(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    """flowtel's logging in either format, writing to a buffer; logging restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    root.handlers[:] = []
+    stream = io.StringIO()
+    configure_logging(str(request.param), "DEBUG", stream=stream)
+    yield stream
+    uninstall_logging_bridge()
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _fail(text: str) -> None:
+    raise ConnectionError(text)
+
+
+def test_no_secret_reaches_a_log_line(any_format: io.StringIO) -> None:
+    """structlog fields, stdlib messages, exception text and tracebacks are all redacted."""
+    log = structlog.get_logger()
+    std = logging.getLogger("app")
+    log.warning("x", password="hunter2")
+    std.warning("login with password=%s", "tok-123")
+    std.warning("connecting to postgresql://u:pw-url@db/x")
+    try:
+        _fail("refused: token=exc-tok")
+    except ConnectionError:
+        log.exception("structlog saw it")
+        std.exception("stdlib saw it")
+    try:
+        raise RuntimeError("api_key=tb-secret")
+    except RuntimeError:
+        std.error("with exc_info", exc_info=True)
+    text = any_format.getvalue()
+    assert [s for s in SECRETS if s in text] == []
+    for visible in ("structlog saw it", "stdlib saw it", "with exc_info", "postgresql://u:"):
+        assert visible in text
+    assert text.count("ConnectionError") >= 2 and "RuntimeError" in text
+    assert "<traceback object" not in text  # exc_info rendered as text, not a repr tuple
+    assert "Traceback (most recent call last)" in text
+
+
+def test_an_applications_own_handler_gets_redacted_records(any_format: io.StringIO) -> None:
+    """The bridge masks records themselves, so handlers flowtel did not add print no secret."""
+    theirs = io.StringIO()
+    handler = logging.StreamHandler(theirs)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    std = logging.getLogger("theirs")
+    std.addHandler(handler)
+    try:
+        std.warning("db_password=%s", "hunter2")
+        std.warning("nothing secret %d", 5)
+        try:
+            _fail("token=exc-tok")
+        except ConnectionError:
+            std.exception("failed")
+    finally:
+        std.removeHandler(handler)
+    text = theirs.getvalue()
+    assert [s for s in SECRETS if s in text] == []
+    assert "db_password=[REDACTED]" in text and "nothing secret 5" in text
+    assert "Traceback (most recent call last)" in text and "token=[REDACTED]" in text

@@ -164,7 +164,8 @@ def test_reap_command(tmp_path: Path) -> None:
     again = runner.invoke(reap_command, ["--db", url, "--older-than", "10m"])
     assert "No running run has been silent for more than 10m" in again.output
     missing = runner.invoke(reap_command, ["--db", f"sqlite:///{tmp_path}/none.db"])
-    assert missing.exit_code == 0 and not (tmp_path / "none.db").exists()
+    assert missing.exit_code == 3 and not (tmp_path / "none.db").exists()
+    assert "does not exist" in missing.output
     wrong = runner.invoke(reap_command, ["--db", url, "--older-than", "soon"])
     assert wrong.exit_code == 2 and "is not a duration" in wrong.output
     engine.dispose()

@@ -233,3 +233,12 @@ def test_custom_redactor_applies_to_new_runs(
     (span,) = span_exporter.get_finished_spans()
     context = json.loads(span.attributes["workflow.context_json"])
     assert context == {"bmc_serial": REDACTED, "session_count": 2}
+
+
+def test_exc_info_is_left_for_the_exception_renderer() -> None:
+    """An exc_info tuple stays a tuple (a list would render as a repr, not a traceback)."""
+    try:
+        raise ValueError("token=abc")
+    except ValueError as error:
+        info = (type(error), error, error.__traceback__)
+    assert redact_event_dict({"event": "x", "exc_info": info})["exc_info"] is info

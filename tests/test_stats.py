@@ -283,11 +283,12 @@ def test_stats_with_an_empty_window_suggests_a_wider_one(db: str) -> None:
     assert (result.exit_code, "--since 30d" in result.output) == (0, True)
 
 
-def test_stats_on_missing_database_suggests_the_demo(tmp_path: Path) -> None:
-    """No history yet: the demo hint; --json gives an empty report."""
+def test_stats_on_missing_database_exits_3_naming_the_fix(tmp_path: Path) -> None:
+    """No database file: exit 3 naming `flowtel db upgrade`, also with --json (no report)."""
     url = f"sqlite:///{tmp_path / 'none.db'}"
-    assert "flowtel demo" in invoke("stats", "--db", url).output
-    assert json.loads(invoke("stats", "--db", url, "--json").stdout)["workflows"] == []
+    for args in ([], ["--json"]):
+        result = invoke("stats", "--db", url, *args)
+        assert (result.exit_code, "flowtel db upgrade" in result.output) == (3, True)
 
 
 def test_stats_bad_by_is_a_usage_error(db: str) -> None:

@@ -101,10 +101,10 @@ def test_once_without_running_workflows_says_so(tmp_path: Path) -> None:
     assert (result.exit_code, "No workflow is running." in result.output) == (0, True)
 
 
-def test_tail_on_missing_database_suggests_the_demo(tmp_path: Path) -> None:
-    """No history yet: the demo hint and exit 0, even without --once."""
+def test_tail_on_missing_database_exits_3_naming_the_fix(tmp_path: Path) -> None:
+    """No database file: one line naming `flowtel db upgrade`, exit 3, even without --once."""
     result = invoke("tail", "--db", f"sqlite:///{tmp_path / 'none.db'}")
-    assert (result.exit_code, "flowtel demo" in result.output) == (0, True)
+    assert (result.exit_code, "flowtel db upgrade" in result.output) == (3, True)
 
 
 def test_tail_unreachable_database_exits_3_without_the_password() -> None:

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.console import Console
 from sqlalchemy import inspect
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from exporters.cli.exit_status import ExitStatus
-from exporters.db.engine import DatabaseURLError, display_url, resolve_database_url
+from exporters.db.engine import DatabaseURLError, display_url, make_engine, resolve_database_url
+from exporters.db.schema import workflow_history, workflow_step_history
 from exporters.ops.durations import DURATION_FORMS, parse_duration
 from exporters.query.store import HistoryStore
 from instrumentation.redaction import mask_url_credentials
@@ -104,21 +105,45 @@ def _missing_sqlite_file(url: URL) -> bool:
     return not database.startswith("file:") and not Path(database).exists()
 
 
-@contextmanager
-def history_store(db: str | None) -> Iterator[HistoryStore | None]:
-    """Open the store for a reading command; ``None`` when nothing was ever recorded there.
+def _unreadable(engine: Engine) -> str | None:
+    """Why *engine*'s database holds no flowtel history this version can read, or ``None``."""
+    inspector = inspect(engine)
+    tables = [workflow_history, workflow_step_history]
+    present = [table for table in tables if inspector.has_table(table.name)]
+    if not present:
+        return "it has no flowtel history tables"
+    for table in tables:
+        live = {c["name"] for c in inspector.get_columns(table.name)} if table in present else set()
+        if not live.issuperset(table.c.keys()):
+            return f"its {table.name} table has not been upgraded to this version of flowtel"
+    return None
 
-    A SQLite file that does not exist is not created, and a database without flowtel's
-    tables yields ``None`` too. Database errors inside the block exit with status 3.
+
+@contextmanager
+def history_store(db: str | None, *, writable: bool = False) -> Iterator[HistoryStore]:
+    """Open the store for a command; the database is opened read-only unless *writable*.
+
+    A missing SQLite file (never created), a database without flowtel's tables and tables not
+    upgraded yet each exit with status 3 and one line naming the fix (``flowtel db upgrade``);
+    so do database errors inside the block.
     """
     with database_errors(db):
         url = resolve_database_url(db)
+        shown = display_url(url)
         if _missing_sqlite_file(url):
-            yield None
-            return
-        store = HistoryStore.from_url(url)
+            raise DatabaseUnavailable(
+                f"cannot read the history database {shown}: the file does not exist; "
+                f"record some runs, or create it with: flowtel db upgrade --db {shown}"
+            )
+        store = HistoryStore(make_engine(url)) if writable else HistoryStore.from_url(url)
         try:
-            yield store if inspect(store.engine).has_table("workflow_history") else None
+            reason = _unreadable(store.engine)
+            if reason is not None:
+                raise DatabaseUnavailable(
+                    f"cannot read the history database {shown}: {reason}; "
+                    f"run: flowtel db upgrade --db {shown}"
+                )
+            yield store
         finally:
             store.close()
 

@@ -19,7 +19,7 @@ from sqlalchemy import inspect
 from exporters.cli._common import Duration, database_errors, db_option, echo_json
 from exporters.db import migrations
 from exporters.db.check import SchemaDifference, SchemaReport, check_schema
-from exporters.db.engine import display_url, make_engine, resolve_database_url
+from exporters.db.engine import display_url, make_engine, make_read_engine, resolve_database_url
 from exporters.db.schema import metadata
 from exporters.ops.retention import prune
 
@@ -94,7 +94,7 @@ def current(db: str | None, as_json: bool) -> None:
     revision: str | None = None
     if shown is None:
         with database_errors(db):
-            engine = make_engine(db)
+            engine = make_read_engine(db)
             try:
                 revision = migrations.current_revision(engine)
                 shown = display_url(engine.url)
@@ -128,7 +128,7 @@ def check(db: str | None, as_json: bool) -> None:
         report = _absent(shown)
     else:
         with database_errors(db):
-            engine = make_engine(db)
+            engine = make_read_engine(db)
             try:
                 report = check_schema(engine)
             finally:

@@ -34,8 +34,8 @@ __all__ = ["reap"]
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 def reap(db: str | None, older_than: dt.timedelta, as_json: bool) -> None:
     """Mark running runs without a recent heartbeat as abandoned."""
-    with history_store(db) as store:
-        reaped = [] if store is None else reap_runs(store.engine, older_than)
+    with history_store(db, writable=True) as store:
+        reaped = reap_runs(store.engine, older_than)
     if as_json:
         echo_json(
             {

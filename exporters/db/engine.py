@@ -5,6 +5,8 @@ The URL comes from the caller, else ``FLOWTEL_DATABASE_URL``, else the SQLite fi
 readers never block the writer and several writer processes wait instead of failing. A
 database file flowtel creates is private to the user (0600, whatever the umask; SQLite gives its
 ``-wal`` and ``-shm`` files the same mode) and so is every directory it creates for it (0700).
+:func:`make_read_engine` is for commands that only read: it never creates, writes or switches
+the journal mode of what it opens (SQLite ``mode=ro``; read-only sessions on the servers).
 JSON columns are written by :func:`~exporters.db.json.dumps_json` (safe for every backend and
 bounded). URLs are only ever shown with the password masked, also in the errors raised here.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "DatabaseURLError",
     "display_url",
     "make_engine",
+    "make_read_engine",
     "resolve_database_url",
 ]
 
@@ -95,6 +98,35 @@ def _prepare_sqlite_file(url: URL) -> None:
         os.close(fd)
 
 
+def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA query_only=ON")
+    finally:
+        cursor.close()
+
+
+def _mysql_read_only(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET SESSION TRANSACTION READ ONLY")
+    finally:
+        cursor.close()
+
+
+def _sqlite_read_only_url(url: URL) -> URL:
+    """*url* as a ``file:`` URI opened with ``mode=ro``: never created, never written."""
+    database = url.database or ""
+    query = dict(url.query)
+    if database.startswith("file:") and query.get("uri") == "true":
+        return url.set(query={**query, "mode": "ro"})
+    if not database or database == ":memory:":
+        return url  # a private in-memory database: nothing to protect
+    uri = Path(database).absolute().as_uri()  # percent-encodes '?', '#', spaces
+    return url.set(database=uri, query={**query, "uri": "true", "mode": "ro"})
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
@@ -114,32 +146,9 @@ def _lenient_json_loads(text: str | bytes) -> Any:
         return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
-def make_engine(database_url: str | URL | None = None, **engine_options: Any) -> Engine:
-    """Create a SQLAlchemy engine for the history database with flowtel's settings.
-
-    Raises:
-        DatabaseURLError: the URL cannot be parsed or its driver is not installed (the
-            message names the extra to install).
-    """
-    url = resolve_database_url(database_url)
-    options: dict[str, Any] = {"pool_pre_ping": True}
-    backend = url.get_backend_name()
-    if backend in _JSON_BACKENDS:
-        mysql = backend in ("mysql", "mariadb")
-        options["json_serializer"] = partial(dumps_json, max_depth=31) if mysql else dumps_json
-    if backend in ("sqlite", "mysql", "mariadb"):
-        # rows imported from the old system may hold metadata that is not JSON: read it as text
-        options["json_deserializer"] = _lenient_json_loads
-    if backend != "sqlite" and "connect_timeout" not in url.query:
-        # a host that drops packets must not block configure() until the TCP timeout
-        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    if backend == "sqlite":
-        _prepare_sqlite_file(url)
-        options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-        options.pop("pool_pre_ping")
-    options.update(engine_options)
+def _create(url: URL, options: dict[str, Any]) -> Engine:
     try:
-        engine = create_engine(url, **options)
+        return create_engine(url, **options)
     except NoSuchModuleError:
         raise DatabaseURLError(
             f"unknown database dialect or driver in {display_url(url)}: expected e.g. "
@@ -153,6 +162,71 @@ def make_engine(database_url: str | URL | None = None, **engine_options: Any) ->
         raise DatabaseURLError(
             f"the driver for {display_url(url)} is not installed ({exc.name}){hint}"
         ) from None
+
+
+def _base_options(url: URL) -> dict[str, Any]:
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    backend = url.get_backend_name()
+    if backend in _JSON_BACKENDS:
+        mysql = backend in ("mysql", "mariadb")
+        options["json_serializer"] = partial(dumps_json, max_depth=31) if mysql else dumps_json
+    if backend in ("sqlite", "mysql", "mariadb"):
+        # rows imported from the old system may hold metadata that is not JSON: read it as text
+        options["json_deserializer"] = _lenient_json_loads
+    if backend != "sqlite" and "connect_timeout" not in url.query:
+        # a host that drops packets must not block configure() until the TCP timeout
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if backend == "sqlite":
+        options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        options.pop("pool_pre_ping")
+    return options
+
+
+def make_engine(database_url: str | URL | None = None, **engine_options: Any) -> Engine:
+    """Create a SQLAlchemy engine for the history database with flowtel's settings.
+
+    Raises:
+        DatabaseURLError: the URL cannot be parsed or its driver is not installed (the
+            message names the extra to install).
+    """
+    url = resolve_database_url(database_url)
+    options = _base_options(url)
+    if url.get_backend_name() == "sqlite":
+        _prepare_sqlite_file(url)
+    options.update(engine_options)
+    engine = _create(url, options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_read_engine(database_url: str | URL | None = None, **engine_options: Any) -> Engine:
+    """Create an engine that can only read the database: for commands that only look.
+
+    Nothing is created or changed: a SQLite file is opened as a ``file:`` URI with
+    ``mode=ro`` (a missing file fails to connect instead of being created) and ``query_only``,
+    without the WAL switch :func:`make_engine` makes; PostgreSQL sessions start with
+    ``default_transaction_read_only=on`` and MariaDB/MySQL sessions run ``SET SESSION
+    TRANSACTION READ ONLY``, so any write fails on the server.
+
+    Raises:
+        DatabaseURLError: the URL cannot be parsed or its driver is not installed.
+    """
+    url = resolve_database_url(database_url)
+    options = _base_options(url)
+    backend = url.get_backend_name()
+    connect_args: dict[str, Any] = dict(options.get("connect_args", {}))
+    if backend == "sqlite":
+        url = _sqlite_read_only_url(url)
+    elif backend == "postgresql":
+        given = str(url.query.get("options", ""))
+        connect_args["options"] = f"{given} -c default_transaction_read_only=on".strip()
+        url = url.difference_update_query(["options"])
+    options["connect_args"] = connect_args
+    options.update(engine_options)
+    engine = _create(url, options)
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_read_pragmas)
+    elif backend in ("mysql", "mariadb"):
+        event.listen(engine, "connect", _mysql_read_only)
     return engine

@@ -19,7 +19,7 @@ from typing import Any, Self
 from sqlalchemy import Row, Select, func, select
 from sqlalchemy.engine import URL, Connection, Engine
 
-from exporters.db.engine import make_engine
+from exporters.db.engine import make_read_engine
 from exporters.db.schema import workflow_history, workflow_step_history
 from exporters.query.lookup import MIN_PREFIX_LENGTH, AmbiguousRunError, RunNotFoundError, find_run
 from exporters.query.records import (
@@ -109,12 +109,15 @@ class HistoryStore:
 
     @classmethod
     def from_url(cls, url: str | URL | None = None) -> Self:
-        """Open the store on *url* (default: ``FLOWTEL_DATABASE_URL`` or ``flowtel.db``).
+        """Open the store read-only on *url* (default: ``FLOWTEL_DATABASE_URL`` or ``flowtel.db``).
+
+        The engine comes from :func:`~exporters.db.engine.make_read_engine`: the database is
+        never created or changed (a SQLite file keeps its journal mode).
 
         Raises:
             DatabaseURLError: the URL cannot be parsed or its driver is missing.
         """
-        return cls(make_engine(url))
+        return cls(make_read_engine(url))
 
     def close(self) -> None:
         """Close the engine's pooled connections (the engine stays usable)."""

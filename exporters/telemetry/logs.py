@@ -7,8 +7,10 @@ Two structlog processors do the work: :func:`add_trace_context` puts ``trace_id`
 step's row and the collector shows in the trace. :func:`install_logging_bridge` does the same
 for stdlib records: a record factory sets the five ids as record attributes (usable as
 ``%(trace_id)s``) and mirrors warnings and errors onto the span.
-:func:`configure_logging` sets all of it up with a JSON or console renderer on stderr; messages
-pass through flowtel's redaction before they reach a span.
+:func:`configure_logging` sets all of it up with a JSON or console renderer on stderr. Every line
+passes through flowtel's redaction (:mod:`instrumentation.redaction`): structlog events (message,
+fields, the rendered traceback) in the chain, stdlib records (message, traceback, stack) as the
+bridge creates them, so neither the console nor a span sees a secret.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from instrumentation import attributes as attr
 from instrumentation.clean import clean_text
 from instrumentation.limits import get_limits
-from instrumentation.redaction import get_redactor
+from instrumentation.redaction import get_redactor, redaction_processor
 from instrumentation.runs import current_run
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "current_ids",
     "install_logging_bridge",
     "record_span_event",
+    "redact_record",
     "uninstall_logging_bridge",
 ]
 
@@ -148,16 +151,47 @@ def _mirror(record: logging.LogRecord) -> None:
         pass
 
 
+_TRACEBACKS = logging.Formatter()
+
+
+def redact_record(record: logging.LogRecord) -> None:
+    """Mask secrets in a stdlib record in place, for every handler that formats it afterwards.
+
+    The message is formatted once and, when redaction changes it, replaces ``msg`` (``args``
+    emptied); a record's exception becomes its masked traceback text in ``exc_text``, which
+    :class:`logging.Formatter` prints instead of formatting ``exc_info`` again; ``stack_info``
+    is masked too. Records that hold nothing to mask keep their ``msg`` and ``args``. Never
+    raises.
+    """
+    try:
+        if isinstance(record.msg, dict):
+            return  # a structlog event on its way to ProcessorFormatter: redacted by its chain
+        redactor = get_redactor()
+        message = record.getMessage()
+        if not redactor.is_plain(message):
+            clean = redactor.redact_text(message)
+            if clean != message:
+                record.msg, record.args = clean, ()
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = redactor.redact_text(_TRACEBACKS.formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redactor.redact_text(record.stack_info)
+    except Exception:  # pragma: no cover - logging must never break the caller
+        pass
+
+
 _bridge: Callable[..., logging.LogRecord] | None = None
 
 
 def install_logging_bridge(level: int = logging.WARNING) -> None:
-    """Give every stdlib record the five ids and mirror *level*+ records onto the span.
+    """Give every stdlib record the five ids, mask its secrets, mirror *level*+ onto the span.
 
-    Idempotent. A wrapping record factory sets ``trace_id``, ``span_id``, ``run_id``,
-    ``workflow_id`` and ``step`` on each record (``None`` when unknown) and adds a ``log``
-    event for records at *level* or above. Records are only created for enabled levels, so
-    logger levels apply; no handler is added, so ``logging.basicConfig`` keeps working.
+    Idempotent. A wrapping record factory redacts each record as it is created
+    (:func:`redact_record`), so no handler, flowtel's or the application's, prints a secret;
+    sets ``trace_id``, ``span_id``, ``run_id``, ``workflow_id`` and ``step`` on it (``None``
+    when unknown); and adds a ``log`` event for records at *level* or above. Records are only
+    created for enabled levels, so logger levels apply; no handler is added, so
+    ``logging.basicConfig`` keeps working.
     """
     global _bridge
     if _bridge is not None:
@@ -166,6 +200,7 @@ def install_logging_bridge(level: int = logging.WARNING) -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
+        redact_record(record)
         ids = current_ids()
         for key in ID_KEYS:
             setattr(record, key, ids.get(key))
@@ -231,9 +266,12 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    tail: list[Processor] = [structlog.processors.StackInfoRenderer()]
-    if fmt == "json":
-        tail.append(structlog.processors.format_exc_info)
+    # Exceptions become text before redaction, so tracebacks are masked in both formats.
+    tail: list[Processor] = [
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        redaction_processor,
+    ]
     structlog.configure(
         processors=[*shared, add_trace_context, record_span_event, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -246,7 +284,12 @@ def configure_logging(
         handler = logging.StreamHandler(out)
         handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
-                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    redaction_processor,
+                    renderer,
+                ],
                 foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _ids_from_record],
             )
         )
