@@ -201,3 +201,4 @@ def history(db_url: str, tracer_provider: TracerProvider) -> Iterator[History]:
     _SWITCHBOARD.targets.append(recorder.processor)
     yield recorder
     recorder.processor.shutdown(10_000)
+    recorder.engine.dispose()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy.engine import Engine
 
 from exporters import create_schema, make_engine
 from exporters.db.bulk import bulk_upsert_rows
@@ -57,10 +59,17 @@ def test_seeded_default_ids_in_three_runs_keep_all_nine_steps(
     assert [r.status for r in history.runs()] == [RunStatus.COMPLETED] * 3
 
 
-@pytest.mark.parametrize("path", [upsert_rows, bulk_upsert_rows])
-def test_same_span_id_in_other_runs_gives_rows_of_their_own(db_url: str, path: Any) -> None:
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """The history tables on each backend; the pool is closed after the test."""
     engine = make_engine(db_url)
     create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("path", [upsert_rows, bulk_upsert_rows])
+def test_same_span_id_in_other_runs_gives_rows_of_their_own(engine: Engine, path: Any) -> None:
     rows = [step(f"run-{n}", "00f067aa0ba902b7", 1, StepStatus.COMPLETED) for n in range(3)]
     with engine.begin() as connection:
         result = path(connection, [], rows)
@@ -72,10 +81,8 @@ def test_same_span_id_in_other_runs_gives_rows_of_their_own(db_url: str, path: A
 
 @pytest.mark.parametrize("path", [upsert_rows, bulk_upsert_rows])
 def test_two_steps_claiming_one_key_are_counted_and_logged(
-    db_url: str, path: Any, caplog: pytest.LogCaptureFixture
+    engine: Engine, path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = make_engine(db_url)
-    create_schema(engine)
     first = step("run-1", "00f067aa0ba902b7", 1, StepStatus.RUNNING)
     other = step("run-1", "00f067aa0ba902b7", 2, StepStatus.COMPLETED)
     again = step("run-1", "00f067aa0ba902b7", 1, StepStatus.COMPLETED)
