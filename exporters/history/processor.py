@@ -42,7 +42,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         create_tables: create the tables if they do not exist (by the writer thread, before
             its first write, so an unreachable database never fails the caller).
         max_queue_size: events held in memory at most; past it new ones are dropped (and
-            counted in ``events_dropped``).
+            counted in ``events_dropped``), a run's end excepted: it is always queued.
         max_batch_size: events folded into one write at most.
         spool_threshold: queue length past which the writer spools what it drains instead of
             writing it (default: 90 % of *max_queue_size*: with a healthy database a burst

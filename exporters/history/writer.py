@@ -39,6 +39,7 @@ from exporters.db.bulk import bulk_upsert_rows
 from exporters.db.check import prepare_schema
 from exporters.db.driver_errors import refused
 from exporters.db.heartbeat import heartbeat
+from exporters.history.capture import ends_run, run_id_of
 from exporters.history.dbthread import DatabaseThread
 from exporters.history.health import WriterHealth, WriterState, WriterStats
 from exporters.history.pending import PendingRows, Rows
@@ -110,6 +111,10 @@ class HistoryWriter:
         self.health = WriterHealth(engine.url, self.stats, max_backoff)
         self.queue: deque[Any] = deque()
         self.events_dropped = 0
+        self.runs_with_lost_events = 0
+        self.lost_runs: set[str] = set()  # added to by the application's threads
+        self._drops_logged = 0
+        self._drops_logged_at = 0.0
         self._wake = threading.Event()
         self.db = DatabaseThread(self._wake.set)
         self.pending = PendingRows(service_name, trace_url_template, context_keys)
@@ -125,6 +130,7 @@ class HistoryWriter:
         self._max_queue_size = max_queue_size
         self._max_batch_size = max_batch_size
         self._spool_threshold = max(1, spool_threshold or max_queue_size * 9 // 10)
+        self._high_water = max(1, min(self._spool_threshold, max_queue_size) // 2)
         self._flush_interval = flush_interval
         self._spool_broken = False
         self._replay_due = self.replayer is not None
@@ -137,17 +143,30 @@ class HistoryWriter:
 
     # -- any thread ------------------------------------------------------------------------
     def put(self, event: Any) -> None:
-        """Queue a captured event (on the application's thread: O(1), no I/O, no lock)."""
+        """Queue a captured event (on the application's thread: O(1), no I/O, no lock).
+
+        Past the high-water mark it wakes the writer, which drains (and past the spool
+        threshold spools) at once instead of after its flush interval. Past the cap an event is
+        dropped and counted, and its run is marked as having lost events (the writer stops
+        heart-beating it, so that ``flowtel reap`` can close it) — but a run's end is always
+        queued: without it the run would stay ``running`` forever.
+        """
         queue = self.queue
-        if len(queue) < self._max_queue_size:
+        size = len(queue)
+        if size < self._high_water:
             queue.append(event)
             return
-        self.events_dropped += 1
-        if self.events_dropped == 1:
-            logger.error(
-                "flowtel's history queue is full (%d events): dropping new events",
-                self._max_queue_size,
-            )
+        if size < self._max_queue_size or ends_run(event):
+            queue.append(event)
+        else:
+            self.events_dropped += 1
+            run_id = run_id_of(event)
+            if run_id not in self.lost_runs:
+                self.lost_runs.add(run_id)
+                self.runs_with_lost_events += 1
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
 
     def start(self) -> None:
         """Start the writer's thread."""
@@ -202,6 +221,7 @@ class HistoryWriter:
         stats: dict[str, int | str | None] = {
             "queue_depth": len(self.queue),
             "events_dropped": self.events_dropped,
+            "runs_with_lost_events": self.runs_with_lost_events,
             "active_runs": self.active_runs,
         }
         stats.update(dataclasses.asdict(self.stats))
@@ -237,7 +257,10 @@ class HistoryWriter:
         waiting: list[_FlushMarker] = []
         while True:
             self.collect()
-            overloaded = len(queue) >= self._spool_threshold
+            if self.events_dropped != self._drops_logged:
+                self._report_drops()
+            # Spill to the spool near the cap (without a working one, commit: nothing else to do)
+            overloaded = len(queue) >= self._spool_threshold and self._can_spool
             hurry = self._hurry_at is not None and time.monotonic() >= self._hurry_at
             if not waiting and (overloaded or hurry or self.db.idle):  # one busy thread
                 waiting = self._drain(batch * (4 if overloaded else 1))
@@ -274,8 +297,32 @@ class HistoryWriter:
                 break  # answer the marker with everything before it written
             batch.append(item)
         if batch:
+            lost = self.lost_runs
+            if lost:  # a run's end closes the run: no heartbeat to stop any more
+                for item in batch:
+                    if ends_run(item):
+                        lost.discard(run_id_of(item))
             self.fold(batch)
         return markers
+
+    @property
+    def _can_spool(self) -> bool:
+        return self.spool is not None and not self._spool_broken
+
+    def _report_drops(self, *, final: bool = False) -> None:
+        """Log dropped events at ERROR: the first, then at most once a minute (and at the end)."""
+        now = time.monotonic()
+        if not final and self._drops_logged and now - self._drops_logged_at < 60:
+            return
+        logger.error(
+            "flowtel's history queue was full (%d events): %d events dropped so far, from %d "
+            "runs; their rows miss those events, and runs left open are no longer heart-beaten "
+            "so that `flowtel reap` can mark them abandoned (a run's end is never dropped)",
+            self._max_queue_size,
+            self.events_dropped,
+            self.runs_with_lost_events,
+        )
+        self._drops_logged, self._drops_logged_at = self.events_dropped, now
 
     def fold(self, events: Iterable[Any]) -> None:
         """Fold *events* (in queue order) into run states and pending step rows."""
@@ -414,7 +461,8 @@ class HistoryWriter:
         if now >= self._next_beat:
             self._next_beat = now + self._heartbeat_interval
             self._replay_due = self.replayer is not None  # also picks up others' leftovers
-            run_ids = self.pending.active_run_ids()
+            lost = self.lost_runs
+            run_ids = [r for r in self.pending.active_run_ids() if r not in lost]
             if run_ids:
                 self.db.submit("beat", lambda: self._beat(run_ids))
                 return
