@@ -9,7 +9,11 @@ interval, so the producing thread keeps the GIL until it blocks.
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +24,14 @@ import pytest
 import sqlalchemy as sa
 from opentelemetry.sdk.trace import TracerProvider
 
-from exporters import WorkflowHistorySpanProcessor, make_engine, reap
-from exporters.db.schema import workflow_history
+from exporters import WorkflowHistorySpanProcessor, create_schema, make_engine, reap
+from exporters.db.schema import workflow_history, workflow_step_history
+from exporters.spool.files import spool_key
+from exporters.spool.replay import Replayer
+from exporters.telemetry.metrics import LOST, observe_writer
 from instrumentation import workflow_run
+
+UNREACHABLE = "postgresql+psycopg://flowtel:pw@127.0.0.1:9/nowhere?connect_timeout=1"
 
 
 def wait_for(check: Any, what: str, timeout: float = 15.0) -> None:
@@ -153,3 +162,86 @@ def test_the_writer_wakes_at_the_high_water_mark(tmp_path: Path) -> None:
     finally:
         processor.shutdown(5_000)
         engine.dispose()
+
+
+def five_workflows(provider: TracerProvider) -> None:
+    for n in range(5):
+        with workflow_run("wf", workflow_id=f"wf-{n}", tracer_provider=provider) as run:
+            for name in "abc":
+                with run.step(name):
+                    pass
+
+
+def test_an_unwritable_spool_falls_back_to_a_private_temp_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Database down and a file where the spool should be: the rows go to
+    <tmp>/flowtel-<uid>/spool/<key> (0700 all the way), from which they replay."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file in the way")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    caplog.set_level(logging.WARNING, logger="flowtel")
+    processor = WorkflowHistorySpanProcessor(
+        make_engine(UNREACHABLE), spool_dir=str(blocked), spool_after=0.1
+    )
+    five_workflows(own_provider(processor))
+    processor.shutdown(5_000)
+    stats = processor.stats
+    assert stats["rows_lost"] == 0 and stats["spool_errors"] > 0, stats
+    assert stats["rows_spooled"] >= 20, stats
+    base = tmp_path / "tmp" / f"flowtel-{os.geteuid()}"
+    fallback = base / "spool" / spool_key(UNREACHABLE)
+    for directory in (base, base / "spool", fallback):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    assert any(str(fallback) in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+    engine = make_engine(f"sqlite:///{tmp_path}/replayed.db")
+    create_schema(engine)
+    replayer = Replayer(fallback, spool_key(UNREACHABLE))
+    while replayer.replay_chunk(engine):
+        pass
+    with engine.connect() as connection:
+        runs = connection.execute(sa.select(workflow_history.c.status)).scalars().all()
+        steps = connection.scalar(sa.select(sa.func.count()).select_from(workflow_step_history))
+    assert (sorted(runs), steps) == (["completed"] * 5, 15)
+    engine.dispose()
+
+
+def test_rows_neither_committed_nor_spooled_are_counted_and_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Database down, spool and fallback both unwritable: shutdown counts the 20 rows it loses
+    (stats, the `lost` metric), logs at ERROR when spooling fails and again with totals."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file in the way")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+    caplog.set_level(logging.WARNING, logger="flowtel")
+    processor = WorkflowHistorySpanProcessor(
+        make_engine(UNREACHABLE), spool_dir=str(blocked), spool_after=0.1
+    )
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    observe_writer(meters.get_meter("flowtel"), lambda: processor.stats)
+    five_workflows(own_provider(processor))
+    wait_for(lambda: processor.stats["spool_errors"] > 0, "a failed spool attempt")
+    processor.shutdown(5_000)
+    stats = processor.stats
+    assert stats["rows_lost"] == 20, stats  # 5 run rows and 15 step rows
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("cannot spool workflow history" in m for m in errors), errors
+    assert any("lost 5 run rows and 15 step rows" in m for m in errors), errors
+    assert any("20 rows neither committed nor spooled" in m for m in errors), errors
+    data = reader.get_metrics_data()
+    points = {
+        p.attributes["reason"]: p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == LOST
+        for p in metric.data.data_points
+    }
+    assert points == {"queue_full": 0, "memory_cap": 0, "unwritten_at_shutdown": 20}
+    meters.shutdown()
