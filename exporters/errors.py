@@ -117,8 +117,7 @@ class SpoolDirectoryError(FlowtelError, PermissionError):
         self.directory = str(directory)
         self.reason = reason
         super().__init__(
-            f"flowtel refuses the spool directory {self.directory}: {reason}; a file planted "
-            "there would be replayed into the workflow history. Check what it holds, then make "
-            f"it yours and private (chown, then `chmod 700 {self.directory}`), or point "
-            "FLOWTEL_SPOOL_DIR (or spool_dir=) at another directory"
+            f"flowtel refuses the spool directory {self.directory}: {reason}; check what it "
+            "holds, then chown it to this user and `chmod 700` it, or set FLOWTEL_SPOOL_DIR "
+            "elsewhere (a file planted there would be replayed into the workflow history)"
         )

@@ -266,14 +266,22 @@ def spool_files(directory: Path) -> list[Path]:
     """
     try:
         _check_private(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return _listing(directory)
+
+
+def _listing(directory: Path) -> list[Path]:
+    try:
         return sorted(p for p in directory.iterdir() if p.name.endswith(SUFFIX))
     except (FileNotFoundError, NotADirectoryError):
         return []
 
 
 def spool_status(directory: Path) -> SpoolStatus:
-    """Count the records in *directory* (headers and torn records are not counted)."""
-    files = spool_files(directory)
+    """Count the records in *directory* (headers and torn records are not counted; a
+    directory refused for replay is counted all the same: counting trusts nothing in it)."""
+    files = _listing(directory)
     records = size = 0
     oldest: int | None = None
     for path in files:
