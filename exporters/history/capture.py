@@ -28,6 +28,8 @@ __all__ = [
     "decode",
     "drop_superseded_starts",
     "ends_run",
+    "ends_step",
+    "is_run_event",
     "run_id_of",
 ]
 
@@ -233,6 +235,16 @@ def drop_superseded_starts(raws: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]
 def ends_run(raw: tuple[Any, ...]) -> bool:
     """Whether a captured tuple is a run's end (a full queue never drops one)."""
     return bool(raw[0] == _RUN_END)
+
+
+def is_run_event(raw: tuple[Any, ...]) -> bool:
+    """Whether a captured tuple is a run's start or end."""
+    return bool(raw[0] == _RUN_START or raw[0] == _RUN_END)
+
+
+def ends_step(raw: tuple[Any, ...]) -> bool:
+    """Whether a captured tuple is a step's end."""
+    return bool(raw[0] == _STEP_END)
 
 
 def run_id_of(raw: tuple[Any, ...]) -> str:

@@ -19,11 +19,16 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from sqlalchemy.engine import Engine
 
-from exporters.history.capture import capture_end, capture_start
+from exporters.history.capture import capture_end, capture_start, ends_step, is_run_event
 from exporters.history.writer import HistoryWriter
 from exporters.spool.files import spool_directory
 
-__all__ = ["WorkflowHistorySpanProcessor"]
+__all__ = ["DURABILITY_LEVELS", "WorkflowHistorySpanProcessor"]
+
+DURABILITY_LEVELS = ("async", "run", "step")
+"""``async``: the caller never waits (a crash loses what the writer has not committed yet);
+``run``: a run's start and end return once committed or fsync'd to the spool; ``step``: each
+step's end too. Every wait is bounded by ``durability_timeout``."""
 
 logger = logging.getLogger("flowtel.processor")
 
@@ -59,6 +64,12 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         heartbeat_interval: seconds between refreshes of the active runs' ``updated_at``.
         max_pending_steps: without a working spool, step rows kept in memory at most (the
             oldest are dropped past it, and counted in ``steps_dropped``).
+        durability: ``"async"`` (the caller never waits), ``"run"`` (a run's start and end
+            return once their row is committed or fsync'd to the spool) or ``"step"`` (each
+            step's end too), see :data:`DURABILITY_LEVELS` (default: ``FLOWTEL_DURABILITY``,
+            else ``"async"``).
+        durability_timeout: seconds a durable start or end waits at most; past it the
+            workflow goes on (counted in ``durable_timeouts``), never an exception.
     """
 
     def __init__(
@@ -78,9 +89,20 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         spool_after: float = 1.0,
         heartbeat_interval: float = 5.0,
         max_pending_steps: int = 20_000,
+        durability: str | None = None,
+        durability_timeout: float = 5.0,
     ) -> None:
         if max_queue_size < 1 or max_batch_size < 1:
             raise ValueError("max_queue_size and max_batch_size must be at least 1")
+        durability = durability or os.environ.get("FLOWTEL_DURABILITY") or "async"
+        if durability not in DURABILITY_LEVELS:
+            raise ValueError(
+                f"durability={durability!r} is not one of {', '.join(DURABILITY_LEVELS)}"
+            )
+        self.durability = durability
+        self._durable_runs = durability != "async"
+        self._durable_steps = durability == "step"
+        self._durability_timeout = durability_timeout
         self.engine = engine
         self.spool_directory = spool_directory(engine.url, spool_dir) if spool else None
         self._writer_options: dict[str, Any] = {
@@ -114,6 +136,8 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             event = capture_start(span)
             if event is not None:
                 self._writer.put(event)
+                if self._durable_runs and is_run_event(event):
+                    self._writer.wait_durable(self._durability_timeout)
         except Exception:
             self._callback_failed()
 
@@ -125,6 +149,10 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             event = capture_end(span)
             if event is not None:
                 self._writer.put(event)
+                if (self._durable_runs and is_run_event(event)) or (
+                    self._durable_steps and ends_step(event)
+                ):
+                    self._writer.wait_durable(self._durability_timeout)
         except Exception:
             self._callback_failed()
 

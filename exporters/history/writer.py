@@ -53,12 +53,14 @@ logger = logging.getLogger("flowtel.writer")
 
 
 class _FlushMarker:
-    """Queued by :meth:`HistoryWriter.flush`; set once everything queued before it was handled."""
+    """Queued by :meth:`HistoryWriter.flush` (or :meth:`~HistoryWriter.wait_durable`); set
+    once everything queued before it was handled."""
 
-    __slots__ = ("done", "ok")
+    __slots__ = ("done", "durable", "ok")
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
         self.done = threading.Event()
+        self.durable = durable  # answered once committed *or spooled*, without a deadline
         self.ok = False
 
 
@@ -222,6 +224,19 @@ class HistoryWriter:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         return ok
 
+    def wait_durable(self, timeout: float) -> bool:
+        """Wait (at most *timeout* seconds) until every event queued so far is committed or
+        fsync'd to the spool; False if not in time (counted in ``durable_timeouts``)."""
+        if not self.alive:
+            return False
+        marker = _FlushMarker(durable=True)
+        self.queue.append(marker)
+        self._wake.set()
+        if marker.done.wait(timeout) and marker.ok:
+            return True
+        self.stats.durable_timeouts += 1
+        return False
+
     @property
     def state(self) -> WriterState:
         """The writer's current state."""
@@ -279,11 +294,13 @@ class HistoryWriter:
             # A flush is answered once its rows are committed — those spooled because the
             # queue overflowed included: with the database healthy they are replayed first —
             # or, at the deadline, with whatever is left spooled.
+            # A durable wait only needs its rows committed or spooled.
             replaying = self.unreplayed and self.health.healthy
-            if waiting and ((self.settled and not replaying) or hurry):
+            durable = all(marker.durable for marker in waiting)
+            if waiting and ((self.settled and (durable or not replaying)) or hurry):
                 ok = self.settled and self.health.healthy and not self.unreplayed
                 for marker in waiting:
-                    marker.ok = ok
+                    marker.ok = self.settled if marker.durable else ok
                     marker.done.set()
                 waiting = []
                 if not self._stop.is_set():
