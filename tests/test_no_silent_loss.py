@@ -63,7 +63,9 @@ def own_provider(processor: WorkflowHistorySpanProcessor) -> TracerProvider:
     return provider
 
 
-def test_a_full_queue_never_drops_a_run_end(db_url: str, hog_the_gil: None) -> None:
+def test_a_full_queue_never_drops_a_run_end(
+    db_url: str, hog_the_gil: None, caplog: pytest.LogCaptureFixture
+) -> None:
     """Review A.2: a queue of 10, a writer asleep, one run of 20 steps. Step events are dropped
     and counted; the run's end is kept, so the run ends `completed`, not a zombie `running`."""
     engine = make_engine(db_url)
@@ -83,6 +85,9 @@ def test_a_full_queue_never_drops_a_run_end(db_url: str, hog_the_gil: None) -> N
         assert stats["events_dropped"] > 0, stats
         assert stats["active_runs"] == 0, stats
         assert run_row(engine, run.run_id).status == "completed"
+        dropped = [r for r in caplog.records if "events dropped so far" in r.getMessage()]
+        assert dropped and dropped[0].threadName == "flowtel-history-writer"
+        assert dropped[0].levelno == logging.ERROR
     finally:
         processor.shutdown(5_000)
         engine.dispose()
