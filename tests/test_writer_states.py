@@ -126,3 +126,18 @@ def test_the_startup_call_runs_first_on_the_database_thread(tmp_path: Path) -> N
         assert len(calls) == 2
     finally:
         writer.shutdown(5.0)
+
+
+def test_the_processor_hands_its_startup_call_to_the_writer(
+    tmp_path: Path, tracer_provider: TracerProvider
+) -> None:
+    """``WorkflowHistorySpanProcessor(startup=...)``: the hook configure() can use so that its
+    start-up work runs on flowtel's thread, not the caller's."""
+    threads: list[str] = []
+    processor = WorkflowHistorySpanProcessor(
+        make_engine(f"sqlite:///{tmp_path}/h.db"),
+        startup=lambda: threads.append(threading.current_thread().name),
+    )
+    assert processor.force_flush(10_000)
+    processor.shutdown(5_000)
+    assert threads == ["flowtel-history-db"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.context import Context
@@ -70,6 +71,10 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             else ``"async"``).
         durability_timeout: seconds a durable start or end waits at most; past it the
             workflow goes on (counted in ``durable_timeouts``), never an exception.
+        startup: called once on the writer's database thread before any other database call
+            (retried with the next one while it raises), so that slow start-up work — e.g.
+            replaying the spool of earlier processes — never blocks the caller; not called
+            again in a forked child.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         max_pending_steps: int = 20_000,
         durability: str | None = None,
         durability_timeout: float = 5.0,
+        startup: Callable[[], object] | None = None,
     ) -> None:
         if max_queue_size < 1 or max_batch_size < 1:
             raise ValueError("max_queue_size and max_batch_size must be at least 1")
@@ -122,7 +128,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         }
         self._errors = 0
         self._shutdown = False
-        self._writer = self._make_writer()
+        self._writer = self._make_writer(startup)
         self._writer.start()
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
@@ -195,9 +201,12 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         stats["callback_errors"] = self._errors
         return stats
 
-    def _make_writer(self) -> HistoryWriter:
+    def _make_writer(self, startup: Callable[[], object] | None = None) -> HistoryWriter:
         return HistoryWriter(
-            self.engine, spool_directory=self.spool_directory, **self._writer_options
+            self.engine,
+            spool_directory=self.spool_directory,
+            startup=startup,
+            **self._writer_options,
         )
 
     def _after_fork_in_child(self) -> None:
