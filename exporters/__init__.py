@@ -25,6 +25,7 @@ from exporters.errors import (
     FlowtelError,
     RunNotFoundError,
     SchemaMismatchError,
+    SpoolDirectoryError,
     UnsupportedDatabaseError,
 )
 from exporters.history.processor import WorkflowHistorySpanProcessor
@@ -52,6 +53,7 @@ __all__ = [
     "RunNotFoundError",
     "SchemaMismatchError",
     "SchemaReport",
+    "SpoolDirectoryError",
     "UnsupportedDatabaseError",
     "WorkflowHistorySpanProcessor",
     "__version__",

@@ -18,6 +18,7 @@ __all__ = [
     "FlowtelError",
     "RunNotFoundError",
     "SchemaMismatchError",
+    "SpoolDirectoryError",
     "UnsupportedDatabaseError",
 ]
 
@@ -97,4 +98,26 @@ class AmbiguousRunError(FlowtelError, LookupError):
         self.candidates = list(candidates)
         super().__init__(
             f"{ref!r} matches several runs ({', '.join(self.candidates)}); give more characters"
+        )
+
+
+class SpoolDirectoryError(FlowtelError, PermissionError):
+    """A spool directory someone else could write to: flowtel neither spools nor replays there.
+
+    A file planted in the spool would be replayed into the audit trail, so an existing spool
+    directory must belong to the user flowtel runs as and must not be writable by its group
+    or by others.
+
+    Attributes:
+        directory: the directory refused.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, directory: object, reason: str) -> None:
+        self.directory = str(directory)
+        self.reason = reason
+        super().__init__(
+            f"flowtel refuses the spool directory {self.directory}: {reason}; check what it "
+            "holds, then chown it to this user and `chmod 700` it, or set FLOWTEL_SPOOL_DIR "
+            "elsewhere (a file planted there would be replayed into the workflow history)"
         )

@@ -16,6 +16,7 @@ from exporters import AuditSampler
 from exporters.telemetry.metrics import (
     ACTIVE_RUNS,
     DURATION_BUCKETS,
+    LOST,
     RUN_DURATION,
     RUNS,
     STEP_DURATION,
@@ -124,7 +125,7 @@ def test_writer_health_is_observed(unsampled: tuple[TracerProvider, Meters, Hist
     provider, meters, history = unsampled
     stats = history.processor.stats
     names = observe_writer(meters.provider.get_meter("flowtel"), lambda: history.processor.stats)
-    expected = {WRITER_PREFIX + k for k, v in stats.items() if isinstance(v, int)}
+    expected = {WRITER_PREFIX + k for k, v in stats.items() if isinstance(v, int)} | {LOST}
     assert set(names) == expected and WRITER_PREFIX + "queue_depth" in names
     for _ in range(5):
         with workflow_run("wf", tracer_provider=provider) as run, run.step("s"):

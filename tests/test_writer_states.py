@@ -7,6 +7,7 @@ writer's state (the database thread serialises it while the writer folds on).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from exporters import WorkflowHistorySpanProcessor, make_engine
 from exporters.history.capture import ErrorInfo, RunStart, StepEnd
 from exporters.history.rows import RunState
-from exporters.history.writer import WriterState
+from exporters.history.writer import HistoryWriter, WriterState
 from exporters.telemetry.logs import add_log_event
 from instrumentation import workflow_run
 from instrumentation.limits import Limits, get_limits, set_limits
@@ -104,3 +105,39 @@ def test_a_rendered_row_does_not_share_the_errors_list() -> None:
     state.apply(fail(2))
     assert [e["message"] for e in row["metadata"]["errors"]] == ["try 1"]
     assert row["metadata"]["errors"] is not state.errors
+
+
+def test_the_startup_call_runs_first_on_the_database_thread(tmp_path: Path) -> None:
+    """``HistoryWriter(startup=...)`` runs before any other database call, on the database
+    thread, and again with the next call while it raises."""
+    calls: list[str] = []
+
+    def startup() -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise RuntimeError("not yet")
+
+    writer = HistoryWriter(make_engine(f"sqlite:///{tmp_path}/h.db"), startup=startup)
+    writer.start()
+    try:
+        wait_for(lambda: len(calls) == 2, "the startup call to be retried")
+        assert set(calls) == {"flowtel-history-db"}
+        assert writer.flush(10.0)
+        assert len(calls) == 2
+    finally:
+        writer.shutdown(5.0)
+
+
+def test_the_processor_hands_its_startup_call_to_the_writer(
+    tmp_path: Path, tracer_provider: TracerProvider
+) -> None:
+    """``WorkflowHistorySpanProcessor(startup=...)``: the hook configure() can use so that its
+    start-up work runs on flowtel's thread, not the caller's."""
+    threads: list[str] = []
+    processor = WorkflowHistorySpanProcessor(
+        make_engine(f"sqlite:///{tmp_path}/h.db"),
+        startup=lambda: threads.append(threading.current_thread().name),
+    )
+    assert processor.force_flush(10_000)
+    processor.shutdown(5_000)
+    assert threads == ["flowtel-history-db"]

@@ -27,6 +27,10 @@ __all__ = [
     "capture_start",
     "decode",
     "drop_superseded_starts",
+    "ends_run",
+    "ends_step",
+    "is_run_event",
+    "run_id_of",
 ]
 
 
@@ -226,6 +230,27 @@ def drop_superseded_starts(raws: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]
     if not ended:
         return raws
     return [raw for raw in raws if raw[0] != _STEP_START or raw[_START_SPAN_ID] not in ended]
+
+
+def ends_run(raw: tuple[Any, ...]) -> bool:
+    """Whether a captured tuple is a run's end (a full queue never drops one)."""
+    return bool(raw[0] == _RUN_END)
+
+
+def is_run_event(raw: tuple[Any, ...]) -> bool:
+    """Whether a captured tuple is a run's start or end."""
+    return bool(raw[0] == _RUN_START or raw[0] == _RUN_END)
+
+
+def ends_step(raw: tuple[Any, ...]) -> bool:
+    """Whether a captured tuple is a step's end."""
+    return bool(raw[0] == _STEP_END)
+
+
+def run_id_of(raw: tuple[Any, ...]) -> str:
+    """The run id of a captured tuple (a run's own tuples hold it in their attribute dict)."""
+    value = raw[1].get(_RUN_ID) if raw[0] in (_RUN_START, _RUN_END) else raw[1]
+    return str(value)
 
 
 def _error(events: tuple[Any, ...]) -> ErrorInfo | None:

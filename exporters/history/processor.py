@@ -13,17 +13,23 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from sqlalchemy.engine import Engine
 
-from exporters.history.capture import capture_end, capture_start
+from exporters.history.capture import capture_end, capture_start, ends_step, is_run_event
 from exporters.history.writer import HistoryWriter
 from exporters.spool.files import spool_directory
 
-__all__ = ["WorkflowHistorySpanProcessor"]
+__all__ = ["DURABILITY_LEVELS", "WorkflowHistorySpanProcessor"]
+
+DURABILITY_LEVELS = ("async", "run", "step")
+"""``async``: the caller never waits (a crash loses what the writer has not committed yet);
+``run``: a run's start and end return once committed or fsync'd to the spool; ``step``: each
+step's end too. Every wait is bounded by ``durability_timeout``."""
 
 logger = logging.getLogger("flowtel.processor")
 
@@ -42,7 +48,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         create_tables: create the tables if they do not exist (by the writer thread, before
             its first write, so an unreachable database never fails the caller).
         max_queue_size: events held in memory at most; past it new ones are dropped (and
-            counted in ``events_dropped``).
+            counted in ``events_dropped``), a run's end excepted: it is always queued.
         max_batch_size: events folded into one write at most.
         spool_threshold: queue length past which the writer spools what it drains instead of
             writing it (default: 90 % of *max_queue_size*: with a healthy database a burst
@@ -59,6 +65,16 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         heartbeat_interval: seconds between refreshes of the active runs' ``updated_at``.
         max_pending_steps: without a working spool, step rows kept in memory at most (the
             oldest are dropped past it, and counted in ``steps_dropped``).
+        durability: ``"async"`` (the caller never waits), ``"run"`` (a run's start and end
+            return once their row is committed or fsync'd to the spool) or ``"step"`` (each
+            step's end too), see :data:`DURABILITY_LEVELS` (default: ``FLOWTEL_DURABILITY``,
+            else ``"async"``).
+        durability_timeout: seconds a durable start or end waits at most; past it the
+            workflow goes on (counted in ``durable_timeouts``), never an exception.
+        startup: called once on the writer's database thread before any other database call
+            (retried with the next one while it raises), so that slow start-up work — e.g.
+            replaying the spool of earlier processes — never blocks the caller; not called
+            again in a forked child.
     """
 
     def __init__(
@@ -78,9 +94,21 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         spool_after: float = 1.0,
         heartbeat_interval: float = 5.0,
         max_pending_steps: int = 20_000,
+        durability: str | None = None,
+        durability_timeout: float = 5.0,
+        startup: Callable[[], object] | None = None,
     ) -> None:
         if max_queue_size < 1 or max_batch_size < 1:
             raise ValueError("max_queue_size and max_batch_size must be at least 1")
+        durability = durability or os.environ.get("FLOWTEL_DURABILITY") or "async"
+        if durability not in DURABILITY_LEVELS:
+            raise ValueError(
+                f"durability={durability!r} is not one of {', '.join(DURABILITY_LEVELS)}"
+            )
+        self.durability = durability
+        self._durable_runs = durability != "async"
+        self._durable_steps = durability == "step"
+        self._durability_timeout = durability_timeout
         self.engine = engine
         self.spool_directory = spool_directory(engine.url, spool_dir) if spool else None
         self._writer_options: dict[str, Any] = {
@@ -100,7 +128,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         }
         self._errors = 0
         self._shutdown = False
-        self._writer = self._make_writer()
+        self._writer = self._make_writer(startup)
         self._writer.start()
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
@@ -114,6 +142,8 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             event = capture_start(span)
             if event is not None:
                 self._writer.put(event)
+                if self._durable_runs and is_run_event(event):
+                    self._writer.wait_durable(self._durability_timeout)
         except Exception:
             self._callback_failed()
 
@@ -125,6 +155,10 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             event = capture_end(span)
             if event is not None:
                 self._writer.put(event)
+                if (self._durable_runs and is_run_event(event)) or (
+                    self._durable_steps and ends_step(event)
+                ):
+                    self._writer.wait_durable(self._durability_timeout)
         except Exception:
             self._callback_failed()
 
@@ -167,9 +201,12 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         stats["callback_errors"] = self._errors
         return stats
 
-    def _make_writer(self) -> HistoryWriter:
+    def _make_writer(self, startup: Callable[[], object] | None = None) -> HistoryWriter:
         return HistoryWriter(
-            self.engine, spool_directory=self.spool_directory, **self._writer_options
+            self.engine,
+            spool_directory=self.spool_directory,
+            startup=startup,
+            **self._writer_options,
         )
 
     def _after_fork_in_child(self) -> None:

@@ -39,10 +39,12 @@ from exporters.db.bulk import bulk_upsert_rows
 from exporters.db.check import prepare_schema
 from exporters.db.driver_errors import refused
 from exporters.db.heartbeat import heartbeat
+from exporters.errors import SpoolDirectoryError
+from exporters.history.capture import ends_run, run_id_of
 from exporters.history.dbthread import DatabaseThread
 from exporters.history.health import WriterHealth, WriterState, WriterStats
 from exporters.history.pending import PendingRows, Rows
-from exporters.spool.files import Spool, spool_key
+from exporters.spool.files import Spool, fallback_spool_directory, spool_key
 from exporters.spool.replay import Replayer
 
 __all__ = ["HistoryWriter", "WriterState", "WriterStats"]
@@ -51,12 +53,14 @@ logger = logging.getLogger("flowtel.writer")
 
 
 class _FlushMarker:
-    """Queued by :meth:`HistoryWriter.flush`; set once everything queued before it was handled."""
+    """Queued by :meth:`HistoryWriter.flush` (or :meth:`~HistoryWriter.wait_durable`); set
+    once everything queued before it was handled."""
 
-    __slots__ = ("done", "ok")
+    __slots__ = ("done", "durable", "ok")
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
         self.done = threading.Event()
+        self.durable = durable  # answered once committed *or spooled*, without a deadline
         self.ok = False
 
 
@@ -110,12 +114,23 @@ class HistoryWriter:
         self.health = WriterHealth(engine.url, self.stats, max_backoff)
         self.queue: deque[Any] = deque()
         self.events_dropped = 0
+        self.runs_with_lost_events = 0
+        self.lost_runs: set[str] = set()  # added to by the application's threads
+        self._drops_logged = 0
+        self._drops_logged_at = 0.0
         self._wake = threading.Event()
         self.db = DatabaseThread(self._wake.set)
         self.pending = PendingRows(service_name, trace_url_template, context_keys)
         key = spool_key(engine.url)
+        fallback = fallback_spool_directory(key) if spool_directory else None
+        if fallback == spool_directory:
+            fallback = None
         self.spool = Spool(spool_directory, key) if spool_directory else None
-        self.replayer = Replayer(spool_directory, key) if spool_directory else None
+        # tried when the spool cannot be written (disk full, read-only, a file in the way)
+        self.fallback = (
+            Spool(fallback, key, checked_from=fallback.parent.parent) if fallback else None
+        )
+        self.replayers = [Replayer(d, key) for d in (spool_directory, fallback) if d]
         self.unreplayed = False  # rows this writer spooled that were not replayed yet
         self._create_tables = create_tables
         self._startup = startup
@@ -125,9 +140,13 @@ class HistoryWriter:
         self._max_queue_size = max_queue_size
         self._max_batch_size = max_batch_size
         self._spool_threshold = max(1, spool_threshold or max_queue_size * 9 // 10)
+        self._high_water = max(1, min(self._spool_threshold, max_queue_size) // 2)
         self._flush_interval = flush_interval
         self._spool_broken = False
-        self._replay_due = self.replayer is not None
+        self._on_fallback = False
+        self._steps_drop_logged = False
+        self._refused: set[Path] = set()  # spool directories not private to this user
+        self._replay_due = bool(self.replayers)
         self._next_beat = time.monotonic() + heartbeat_interval
         self._hurry_at: float | None = None
         self._deadline = float("inf")
@@ -137,17 +156,30 @@ class HistoryWriter:
 
     # -- any thread ------------------------------------------------------------------------
     def put(self, event: Any) -> None:
-        """Queue a captured event (on the application's thread: O(1), no I/O, no lock)."""
+        """Queue a captured event (on the application's thread: O(1), no I/O, no lock).
+
+        Past the high-water mark it wakes the writer, which drains (and past the spool
+        threshold spools) at once instead of after its flush interval. Past the cap an event is
+        dropped and counted, and its run is marked as having lost events (the writer stops
+        heart-beating it, so that ``flowtel reap`` can close it) — but a run's end is always
+        queued: without it the run would stay ``running`` forever.
+        """
         queue = self.queue
-        if len(queue) < self._max_queue_size:
+        size = len(queue)
+        if size < self._high_water:
             queue.append(event)
             return
-        self.events_dropped += 1
-        if self.events_dropped == 1:
-            logger.error(
-                "flowtel's history queue is full (%d events): dropping new events",
-                self._max_queue_size,
-            )
+        if size < self._max_queue_size or ends_run(event):
+            queue.append(event)
+        else:
+            self.events_dropped += 1
+            run_id = run_id_of(event)
+            if run_id not in self.lost_runs:
+                self.lost_runs.add(run_id)
+                self.runs_with_lost_events += 1
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
 
     def start(self) -> None:
         """Start the writer's thread."""
@@ -192,6 +224,19 @@ class HistoryWriter:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         return ok
 
+    def wait_durable(self, timeout: float) -> bool:
+        """Wait (at most *timeout* seconds) until every event queued so far is committed or
+        fsync'd to the spool; False if not in time (counted in ``durable_timeouts``)."""
+        if not self.alive:
+            return False
+        marker = _FlushMarker(durable=True)
+        self.queue.append(marker)
+        self._wake.set()
+        if marker.done.wait(timeout) and marker.ok:
+            return True
+        self.stats.durable_timeouts += 1
+        return False
+
     @property
     def state(self) -> WriterState:
         """The writer's current state."""
@@ -202,6 +247,7 @@ class HistoryWriter:
         stats: dict[str, int | str | None] = {
             "queue_depth": len(self.queue),
             "events_dropped": self.events_dropped,
+            "runs_with_lost_events": self.runs_with_lost_events,
             "active_runs": self.active_runs,
         }
         stats.update(dataclasses.asdict(self.stats))
@@ -237,7 +283,10 @@ class HistoryWriter:
         waiting: list[_FlushMarker] = []
         while True:
             self.collect()
-            overloaded = len(queue) >= self._spool_threshold
+            if self.events_dropped != self._drops_logged:
+                self._report_drops()
+            # Spill to the spool near the cap (without a working one, commit: nothing else to do)
+            overloaded = len(queue) >= self._spool_threshold and self._can_spool
             hurry = self._hurry_at is not None and time.monotonic() >= self._hurry_at
             if not waiting and (overloaded or hurry or self.db.idle):  # one busy thread
                 waiting = self._drain(batch * (4 if overloaded else 1))
@@ -245,11 +294,13 @@ class HistoryWriter:
             # A flush is answered once its rows are committed — those spooled because the
             # queue overflowed included: with the database healthy they are replayed first —
             # or, at the deadline, with whatever is left spooled.
+            # A durable wait only needs its rows committed or spooled.
             replaying = self.unreplayed and self.health.healthy
-            if waiting and ((self.settled and not replaying) or hurry):
+            durable = all(marker.durable for marker in waiting)
+            if waiting and ((self.settled and (durable or not replaying)) or hurry):
                 ok = self.settled and self.health.healthy and not self.unreplayed
                 for marker in waiting:
-                    marker.ok = ok
+                    marker.ok = self.settled if marker.durable else ok
                     marker.done.set()
                 waiting = []
                 if not self._stop.is_set():
@@ -274,14 +325,49 @@ class HistoryWriter:
                 break  # answer the marker with everything before it written
             batch.append(item)
         if batch:
+            lost = self.lost_runs
+            if lost:  # a run's end closes the run: no heartbeat to stop any more
+                for item in batch:
+                    if ends_run(item):
+                        lost.discard(run_id_of(item))
             self.fold(batch)
         return markers
+
+    @property
+    def _can_spool(self) -> bool:
+        return self.spool is not None and not self._spool_broken
+
+    def _report_drops(self, *, final: bool = False) -> None:
+        """Log dropped events at ERROR: the first, then at most once a minute (and at the end)."""
+        now = time.monotonic()
+        if not final and self._drops_logged and now - self._drops_logged_at < 60:
+            return
+        logger.error(
+            "flowtel's history queue was full (%d events): %d events dropped so far, from %d "
+            "runs; their rows miss those events, and runs left open are no longer heart-beaten "
+            "so that `flowtel reap` can mark them abandoned (a run's end is never dropped)",
+            self._max_queue_size,
+            self.events_dropped,
+            self.runs_with_lost_events,
+        )
+        self._drops_logged, self._drops_logged_at = self.events_dropped, now
 
     def fold(self, events: Iterable[Any]) -> None:
         """Fold *events* (in queue order) into run states and pending step rows."""
         self.pending.fold(events)
         if self.spool is None or self._spool_broken:
-            self.stats.steps_dropped += self.pending.drop_oldest_steps(self._max_pending_steps)
+            dropped = self.pending.drop_oldest_steps(self._max_pending_steps)
+            if dropped:
+                self.stats.steps_dropped += dropped
+                if not self._steps_drop_logged:
+                    logger.error(
+                        "flowtel dropped %d step rows: the database cannot take them and %s, "
+                        "and at most %d are kept in memory (counted in steps_dropped)",
+                        dropped,
+                        "there is no spool" if self.spool is None else "the spool is unwritable",
+                        self._max_pending_steps,
+                    )
+                    self._steps_drop_logged = True
 
     def prepare(self) -> None:
         """Run the startup call and prepare the schema in the background (``prepare_schema``:
@@ -314,14 +400,14 @@ class HistoryWriter:
         stats = self.stats
         if kind == "commit":
             self._count(value)
-        elif kind == "replay" and self.replayer is not None:
-            stats.rows_replayed = self.replayer.rows_replayed
-            stats.rows_rejected = self.replayer.rows_rejected
+        elif kind == "replay":
+            stats.rows_replayed = sum(r.rows_replayed for r in self.replayers)
+            stats.rows_rejected = sum(r.rows_rejected for r in self.replayers)
             self._replay_due = self.unreplayed = value > 0
         elif kind == "beat":
             stats.heartbeats += 1
         if self.health.recovered():
-            self._replay_due = self.replayer is not None
+            self._replay_due = bool(self.replayers)
 
     def step(self, *, spool_only: bool = False, hurry: bool = False) -> None:
         """Commit the pending rows, or spool them, or keep them for a retry.
@@ -374,28 +460,44 @@ class HistoryWriter:
         spool = self.spool
         if spool is None:
             return
+        spools = [spool] if self.fallback is None else [spool, self.fallback]
+        used: list[Spool] = []
 
         def put(rows: Rows) -> bool:
-            try:
-                records = spool.append(*rows)
-            except OSError as exc:
-                self.stats.spool_errors += 1
-                if not self._spool_broken:
+            failures = []
+            for target in spools:
+                try:
+                    records = target.append(*rows)
+                except OSError as exc:
+                    self.stats.spool_errors += 1
+                    failures.append(f"{target.directory}: {exc}")
+                    continue
+                self.stats.rows_spooled += records
+                self.stats.spool_batches += 1
+                used.append(target)
+                if target is not spool and not self._on_fallback:
                     logger.error(
-                        "flowtel cannot spool to %s (%s); keeping at most %d step rows in memory",
-                        spool.directory,
-                        exc,
-                        self._max_pending_steps,
+                        "flowtel cannot spool to its spool directory (%s); spooling to %s "
+                        "instead (replayed from there by flowtel's writer)",
+                        failures[0],
+                        target.directory,
                     )
-                self._spool_broken = True
-                return False
-            self.stats.rows_spooled += records
-            self.stats.spool_batches += 1
-            return True
+                self._on_fallback = target is not spool
+                return True
+            if not self._spool_broken:
+                logger.error(
+                    "flowtel cannot spool workflow history (%s); rows the database cannot "
+                    "take are kept in memory (at most %d step rows, then the oldest are dropped "
+                    "and counted) and counted as lost if still unwritten at shutdown",
+                    "; ".join(failures),
+                    self._max_pending_steps,
+                )
+            self._spool_broken = True
+            return False
 
         if self.pending.spool(put, with_flight=with_flight):
-            self.health.spooled(spool.directory, why, outage=outage)
-            self._spool_broken = False
+            self.health.spooled(used[0].directory, why, outage=outage)
+            self._spool_broken = self._steps_drop_logged = False
             self.unreplayed = True
 
     def maintain(self, *, idle: bool) -> None:
@@ -413,14 +515,14 @@ class HistoryWriter:
             return
         if now >= self._next_beat:
             self._next_beat = now + self._heartbeat_interval
-            self._replay_due = self.replayer is not None  # also picks up others' leftovers
-            run_ids = self.pending.active_run_ids()
+            self._replay_due = bool(self.replayers)  # also picks up others' leftovers
+            lost = self.lost_runs
+            run_ids = [r for r in self.pending.active_run_ids() if r not in lost]
             if run_ids:
                 self.db.submit("beat", lambda: self._beat(run_ids))
                 return
-        if idle and self._replay_due and self.replayer is not None:
-            if self.spool is not None:
-                self.spool.seal()  # our own file becomes replayable
+        if idle and self._replay_due and self.replayers:
+            self._seal()  # our own files become replayable
             self.db.submit("replay", self._replay_chunk)
 
     def _probe(self) -> None:
@@ -433,9 +535,24 @@ class HistoryWriter:
             heartbeat(connection, run_ids)
 
     def _replay_chunk(self) -> int:
-        assert self.replayer is not None
         self._ensure_schema()
-        return self.replayer.replay_chunk(self.engine)
+        for replayer in self.replayers:
+            if replayer.directory in self._refused:
+                continue
+            try:
+                count = replayer.replay_chunk(self.engine)
+            except SpoolDirectoryError as exc:
+                self._refused.add(replayer.directory)
+                logger.error("%s", exc)
+                continue
+            if count:
+                return count
+        return 0
+
+    def _seal(self) -> None:
+        for spool in (self.spool, self.fallback):
+            if spool is not None:
+                spool.seal()
 
     def finish(self, deadline: float) -> None:
         """Commit what is left, and replay what this writer spooled, if the database takes it
@@ -448,26 +565,57 @@ class HistoryWriter:
                 break
             elif self.pending:
                 self.step()
-            elif self.unreplayed and self.replayer is not None and self.spool is not None:
-                self.spool.seal()
+            elif self.unreplayed and self.replayers:
+                self._seal()
                 self.db.submit("replay", self._replay_chunk)
             else:
                 break
         if not self.pending.settled:
             self._spool("shutting down", outage=False, with_flight=True)
+        if not self.pending.settled:
+            self._count_lost()
+        if self.events_dropped or self.stats.steps_dropped or self.stats.rows_lost:
+            if self.events_dropped != self._drops_logged:
+                self._report_drops(final=True)
+            logger.error(
+                "flowtel's workflow history is incomplete: in this process %d events were "
+                "dropped (queue full), %d step rows dropped (no working spool, memory cap) and "
+                "%d rows neither committed nor spooled at shutdown",
+                self.events_dropped,
+                self.stats.steps_dropped,
+                self.stats.rows_lost,
+            )
         self.close()
+
+    def _count_lost(self) -> None:
+        """Count (and log) the rows neither committed nor spooled: they are lost."""
+        pending = self.pending
+        runs, steps = set(pending.dirty), set(pending.steps)
+        if pending.flight is not None and not pending.flight_spooled:
+            runs.update(pending.flight[0])  # in flight: not known to be committed
+            steps.update(pending.flight[1])
+        self.stats.rows_lost += len(runs) + len(steps)
+        logger.error(
+            "flowtel lost %d run rows and %d step rows at shutdown: the database did not take "
+            "them (%s) and %s",
+            len(runs),
+            len(steps),
+            self.stats.last_error or "no time left",
+            "there is no spool" if self.spool is None else "the spool could not be written",
+        )
 
     def close(self) -> None:
         """Seal the spool file, release the file being replayed, end the database thread."""
-        if self.spool is not None:
-            self.spool.seal()
-        if self.replayer is not None and self.db.running != "replay":
-            self.replayer.release()
+        self._seal()
+        if self.db.running != "replay":
+            for replayer in self.replayers:
+                replayer.release()
         self.db.stop()
 
     def forget_files(self) -> None:
         """In a forked child: drop the inherited spool files without unlocking them."""
-        if self.spool is not None:
-            self.spool.forget()
-        if self.replayer is not None:
-            self.replayer.release()  # closing our copy keeps the parent's lock
+        for spool in (self.spool, self.fallback):
+            if spool is not None:
+                spool.forget()
+        for replayer in self.replayers:
+            replayer.release()  # closing our copy keeps the parent's lock

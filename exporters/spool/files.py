@@ -2,7 +2,13 @@
 
 One spool per database: its directory is keyed by a hash of the URL without its password
 (under ``FLOWTEL_SPOOL_DIR`` or a given root, else beside the SQLite file, else under the
-user's cache directory), created 0700, and its files 0600. Each writer process appends to its
+user's cache directory), and its files 0600. Every directory flowtel creates on the way is 0700
+whatever the umask; an existing spool directory that another user owns or that its group or
+others may write is refused (:class:`~exporters.errors.SpoolDirectoryError`) for spooling and
+for replay alike, since a planted file would be replayed into the audit trail. When the spool
+cannot be written (disk full, read-only, a file in the way), the writer tries a fallback, a
+per-user 0700 directory under the system's temporary directory
+(:func:`fallback_spool_directory`). Each writer process appends to its
 own file (format: :mod:`exporters.spool.format`), holding an exclusive ``flock`` on it while it is
 open, and fsyncs after every batch; a file is sealed (closed, unlocked) when it grows past a
 size or when the database answers again, and is then free to be replayed by any process
@@ -16,6 +22,8 @@ import fcntl
 import hashlib
 import os
 import random
+import stat
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,12 +32,15 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
+from exporters.errors import SpoolDirectoryError
 from exporters.spool.format import encode_header, encode_rows
 
 __all__ = [
     "SUFFIX",
     "Spool",
     "SpoolStatus",
+    "fallback_spool_directory",
+    "private_directory",
     "spool_directory",
     "spool_files",
     "spool_key",
@@ -76,10 +87,59 @@ def spool_directory(url: str | URL, root: str | os.PathLike[str] | None = None) 
     return Path(cache) / "flowtel" / "spool" / spool_key(parsed)
 
 
-def _private_directory(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if directory.stat().st_mode & 0o077:
-        directory.chmod(0o700)
+def fallback_spool_directory(key: str) -> Path:
+    """The spool directory tried when the usual one cannot be written: under the system's
+    temporary directory, in a per-user ``flowtel-<uid>`` directory (0700, checked like a spool
+    directory since others can create names there)."""
+    return Path(tempfile.gettempdir()) / f"flowtel-{os.geteuid()}" / "spool" / key
+
+
+def private_directory(directory: Path, *, checked_from: Path | None = None) -> None:
+    """Create *directory* and its missing parents 0700 (whatever the umask), and check it.
+
+    Args:
+        directory: the spool directory.
+        checked_from: an ancestor of *directory* (itself by default): from it down, every
+            existing directory must belong to this user and be writable by no one else.
+
+    Raises:
+        SpoolDirectoryError: an existing directory that must be private is not.
+        OSError: a directory cannot be created (a file in the way, a read-only disk ...).
+    """
+    strict = checked_from or directory
+    missing = [directory, *directory.parents]
+    for index, path in enumerate(missing):
+        if path.is_dir():
+            missing = missing[:index]
+            break
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+            os.chmod(path, 0o700)  # the umask may have taken bits mkdir's mode asked for
+        except FileExistsError:
+            pass  # made meanwhile by another process: checked below like any existing one
+    for path in [directory, *directory.parents]:
+        _check_private(path)
+        if path == strict:
+            break
+    if stat.S_IMODE(os.stat(directory).st_mode) & 0o077:
+        os.chmod(directory, 0o700)  # ours, writable by no one else, but readable: make it private
+
+
+def _check_private(directory: Path) -> None:
+    info = os.stat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"{directory} is not a directory")
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        raise SpoolDirectoryError(
+            directory, f"it belongs to uid {info.st_uid}, not to this process's user ({uid})"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise SpoolDirectoryError(
+            directory, f"its group or others may write to it (mode {mode:04o})"
+        )
 
 
 class Spool:
@@ -89,10 +149,20 @@ class Spool:
         directory: the spool directory (see :func:`spool_directory`).
         key: the database's :func:`spool_key`, written into each file's header.
         max_file_bytes: a file is sealed (closed and left for replay) past this size.
+        checked_from: an ancestor of *directory* from which down every existing directory
+            must be private (see :func:`private_directory`; default: *directory* alone).
     """
 
-    def __init__(self, directory: Path, key: str, *, max_file_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        key: str,
+        *,
+        max_file_bytes: int = 16 << 20,
+        checked_from: Path | None = None,
+    ) -> None:
         self.directory = directory
+        self.checked_from = checked_from
         self.key = key
         self.max_file_bytes = max_file_bytes
         self._fd: int | None = None
@@ -127,7 +197,7 @@ class Spool:
         return len(lines)
 
     def _open(self) -> int:
-        _private_directory(self.directory)
+        private_directory(self.directory, checked_from=self.checked_from)
         stem = f"{time.time_ns():020d}-{os.getpid()}-{random.getrandbits(32):08x}"
         temporary = self.directory / f".{stem}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -188,16 +258,30 @@ class SpoolStatus:
 
 
 def spool_files(directory: Path) -> list[Path]:
-    """The spool's files, oldest first (their names start with the creation time)."""
+    """The spool's files, oldest first (their names start with the creation time).
+
+    Raises:
+        SpoolDirectoryError: the directory exists but is not private to this user (its files
+            are not to be trusted).
+    """
+    try:
+        _check_private(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return _listing(directory)
+
+
+def _listing(directory: Path) -> list[Path]:
     try:
         return sorted(p for p in directory.iterdir() if p.name.endswith(SUFFIX))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
 def spool_status(directory: Path) -> SpoolStatus:
-    """Count the records in *directory* (headers and torn records are not counted)."""
-    files = spool_files(directory)
+    """Count the records in *directory* (headers and torn records are not counted; a
+    directory refused for replay is counted all the same: counting trusts nothing in it)."""
+    files = _listing(directory)
     records = size = 0
     oldest: int | None = None
     for path in files:

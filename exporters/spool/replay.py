@@ -33,7 +33,7 @@ from exporters.db.check import prepare_schema
 from exporters.db.driver_errors import refused
 from exporters.db.engine import display_url
 from exporters.db.upsert import step_replaces
-from exporters.spool.files import spool_directory, spool_files, spool_key
+from exporters.spool.files import spool_directory, spool_files, spool_key, spool_status
 from exporters.spool.format import RUN, SpoolHeader, read_header, read_records
 from instrumentation.attributes import FINAL_RUN_STATUSES
 
@@ -257,7 +257,7 @@ def replay_spool(
         str(directory),
         replayer.files_replayed,
         replayer.rows_replayed,
-        len(spool_files(directory)),
+        spool_status(directory).files,  # never raises, even for a directory refused above
         time.monotonic() - started,
         error,
         replayer.rows_rejected,

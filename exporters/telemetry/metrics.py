@@ -36,6 +36,7 @@ from instrumentation import attributes as attr
 __all__ = [
     "ACTIVE_RUNS",
     "DURATION_BUCKETS",
+    "LOST",
     "RUNS",
     "RUN_DURATION",
     "STEP_DURATION",
@@ -54,6 +55,13 @@ RUNS = "workflow.runs"
 ACTIVE_RUNS = "workflow.runs.active"
 WRITER_PREFIX = "flowtel.writer."
 """Writer-health instruments are named ``flowtel.writer.<stats key>``."""
+LOST = "flowtel.writer.lost"
+"""Everything the history lost, one counter with a ``reason`` attribute (see ``_LOSSES``)."""
+_LOSSES = {
+    "events_dropped": "queue_full",  # events: the queue was at its cap
+    "steps_dropped": "memory_cap",  # step rows: no working spool, oldest dropped in memory
+    "rows_lost": "unwritten_at_shutdown",  # rows neither committed nor spooled at shutdown
+}
 
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -251,12 +259,28 @@ def _observer(
     return observe
 
 
+def _lost_observer(
+    stats: Callable[[], Mapping[str, Any]],
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        values = stats()
+        return [
+            Observation(values[key], {"reason": reason})
+            for key, reason in _LOSSES.items()
+            if isinstance(values.get(key), int)
+        ]
+
+    return observe
+
+
 def observe_writer(meter: Meter, stats: Callable[[], Mapping[str, Any]]) -> list[str]:
     """Register one observable instrument per integer counter in *stats*.
 
     ``queue_depth`` and ``active_runs`` become gauges; every other integer (batches and rows
     written, write errors, retries, drops, rows spooled ...) a monotonic counter, so counters
-    the processor gains later are exported without a change here.
+    the processor gains later are exported without a change here. What was lost (events
+    dropped, step rows dropped, rows unwritten at shutdown) is also one counter, :data:`LOST`,
+    with a ``reason`` attribute, so that one alert covers every kind of loss.
 
     Args:
         meter: the meter to create the instruments on.
@@ -279,6 +303,14 @@ def observe_writer(meter: Meter, stats: Callable[[], Mapping[str, Any]]) -> list
         else:
             meter.create_observable_counter(name, callbacks, unit="1", description=description)
         names.append(name)
+    if any(name.removeprefix(WRITER_PREFIX) in _LOSSES for name in names):
+        meter.create_observable_counter(
+            LOST,
+            [_lost_observer(stats)],
+            unit="1",
+            description="flowtel history: events and rows lost, by reason",
+        )
+        names.append(LOST)
     return names
 
 
