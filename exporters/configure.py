@@ -1,17 +1,19 @@
 """``configure()``: one call that wires flowtel into a process.
 
-It opens the history database, builds (or extends) the tracer provider with the history
-processor first, the metrics processor second and, when OTLP export is on, a
-``BatchSpanProcessor`` last; wraps the sampler so that sampling never thins the audit trail;
-sets up metrics over OTLP and structlog/stdlib logging with trace ids; and registers a bounded
-shutdown at interpreter exit. The returned :class:`Flowtel` handle flushes and shuts everything
-down within the timeout it is given, however unreachable the collector is.
+It opens the history database (checking its tables for at most a second, on a thread of its
+own, so a silent database server cannot hang the application), builds (or extends) the tracer
+provider with the history processor first, the metrics processor second and, when OTLP export
+is on, a ``BatchSpanProcessor`` last; wraps the sampler so that sampling never thins the audit
+trail; sets up metrics over OTLP and structlog/stdlib logging with trace ids; and registers a
+bounded shutdown at interpreter exit. The returned :class:`Flowtel` handle flushes and shuts
+everything down within the timeout it is given, however unreachable the collector is.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,12 +24,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import Sampler
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import OperationalError
 
-from exporters.db.check import SchemaMismatchError, prepare_schema
+from exporters.db.check import SchemaMismatchError, check_schema
 from exporters.db.engine import display_url, make_engine, resolve_database_url
 from exporters.history.processor import WorkflowHistorySpanProcessor
-from exporters.spool.replay import replay_spool
 from exporters.telemetry.logs import configure_logging
 from exporters.telemetry.metrics import WorkflowMetricsSpanProcessor, install_metrics
 from exporters.telemetry.otlp import (
@@ -145,6 +145,36 @@ class Flowtel:
         return f"<Flowtel database={display_url(self.engine.url)!r}>"
 
 
+STARTUP_CHECK_S = 1.0
+"""Seconds ``configure()`` waits for the schema check before leaving it to the writer."""
+
+
+def _check_schema_briefly(engine: Engine, wait: float = STARTUP_CHECK_S) -> None:
+    """Raise :class:`SchemaMismatchError` if the database answers within *wait* seconds that
+    its tables cannot take flowtel's rows; otherwise return (never blocks longer).
+
+    The check only reads, on a daemon thread: a database that is down or silent leaves it to
+    the writer, which creates the tables, replays earlier processes' spool files (oldest
+    first) and reports a mismatch at ERROR from its own thread, where the driver's timeouts
+    bound every wait.
+    """
+    found: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            report = check_schema(engine)
+            if report.blocking and not report.empty:  # no tables yet: the writer creates them
+                found.append(SchemaMismatchError(report))
+        except Exception as exc:  # unreachable for now: the writer retries, then spools
+            logger.debug("flowtel's start-up schema check failed: %s", type(exc).__name__)
+
+    thread = threading.Thread(target=check, name="flowtel-schema-check", daemon=True)
+    thread.start()
+    thread.join(wait)
+    if found:
+        raise found[0]
+
+
 def configure(
     *,
     database_url: str | URL | None = None,
@@ -206,25 +236,23 @@ def configure(
     Returns:
         The :class:`Flowtel` handle; its ``shutdown`` also runs at interpreter exit.
 
+    Never waits on the database for more than about :data:`STARTUP_CHECK_S`: creating the
+    tables and replaying earlier processes' spool happen on the writer's threads.
+
     Raises:
-        SchemaMismatchError: the database holds history tables flowtel cannot write to; the
-            message lists the differences and names ``flowtel db upgrade``.
+        SchemaMismatchError: the database answered within :data:`STARTUP_CHECK_S` that it holds
+            history tables flowtel cannot write to; the message lists the differences and names
+            ``flowtel db upgrade`` (a slower database: the writer logs it at ERROR).
         DatabaseURLError: the URL cannot be parsed or its driver is not installed.
     """
     url = resolve_database_url(database_url)
     engine = make_engine(url)
     if processor_options.get("create_tables", True):
         try:
-            prepare_schema(engine)  # once, here: a table flowtel cannot write to fails now
-        except OperationalError:
-            pass  # unreachable for now: the writer retries, then spools
+            _check_schema_briefly(engine)  # a table flowtel cannot write to fails now
         except SchemaMismatchError:
             engine.dispose()
             raise
-        else:
-            processor_options["create_tables"] = False
-            if processor_options.get("spool", True):  # rows earlier processes spooled, oldest first
-                replay_spool(engine, processor_options.get("spool_dir"), timeout=5.0)
     resource = make_resource(service_name, service_version, resource_attributes)
     service = service_name or str(resource.attributes.get("service.name") or "") or None
     settings = OTLPSettings(otlp_protocol, otlp_endpoint, otlp_headers, otlp_timeout)
