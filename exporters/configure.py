@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -27,6 +28,7 @@ from sqlalchemy.engine import URL, Engine
 
 from exporters.db.check import SchemaMismatchError, check_schema
 from exporters.db.engine import display_url, make_engine, resolve_database_url
+from exporters.errors import AlreadyConfiguredError
 from exporters.history.processor import WorkflowHistorySpanProcessor
 from exporters.telemetry.logs import configure_logging
 from exporters.telemetry.metrics import WorkflowMetricsSpanProcessor, install_metrics
@@ -46,6 +48,10 @@ from exporters.telemetry.sampling import AuditSampler, sampler_from_env
 __all__ = ["Flowtel", "configure"]
 
 logger = logging.getLogger("flowtel")
+
+_configure_lock = threading.Lock()
+_active: tuple[Flowtel, dict[str, Any]] | None = None
+"""The live handle ``configure()`` returned, with the arguments it was given."""
 
 
 class Flowtel:
@@ -75,6 +81,11 @@ class Flowtel:
         self.shutdown_timeout = shutdown_timeout
         self._owns_provider = owns_provider
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`shutdown` was called."""
+        return self._closed
 
     @property
     def database_url(self) -> URL:
@@ -175,6 +186,21 @@ def _check_schema_briefly(engine: Engine, wait: float = STARTUP_CHECK_S) -> None
         raise found[0]
 
 
+def _reachable(provider: TracerProvider) -> None:
+    """Make workflows reach *provider*: install it globally if no SDK provider is, else say how."""
+    current = trace.get_tracer_provider()
+    if current is provider:
+        return
+    if not isinstance(current, TracerProvider):
+        trace.set_tracer_provider(provider)
+        return
+    logger.warning(
+        "flowtel: the tracer provider given to configure() is not the global one; workflows "
+        "are recorded only when given it: workflow_run(..., tracer_provider=handle."
+        "tracer_provider), or a workflow class's tracer_provider attribute"
+    )
+
+
 def configure(
     *,
     database_url: str | URL | None = None,
@@ -198,6 +224,11 @@ def configure(
 ) -> Flowtel:
     """Record workflow history, and export traces and metrics, from this process.
 
+    Once per process: a second call with the same arguments returns the live handle; one with
+    other arguments raises :class:`AlreadyConfiguredError` until that handle is shut down.
+    flowtel shuts down only what it created: a tracer provider the application installed or
+    passed keeps running after :meth:`Flowtel.shutdown`.
+
     Args:
         database_url: the history database (default: ``FLOWTEL_DATABASE_URL``, else
             ``sqlite:///flowtel.db`` in the working directory).
@@ -207,6 +238,9 @@ def configure(
             flowtel's version).
         resource_attributes: more resource attributes (override the environment's).
         tracer_provider: add flowtel's processors to this provider instead of creating one.
+            When no SDK provider is installed globally it is installed, so workflows reach
+            it by default; beside another global provider, workflows must be given it
+            (``workflow_run(..., tracer_provider=handle.tracer_provider)``), as a warning says.
         sampler: the trace sampler (default: ``OTEL_TRACES_SAMPLER``/``_ARG``); wrapped so
             workflow spans are always recorded. Ignored when a provider is given or installed.
         otlp: export over OTLP (default: on when *otlp_endpoint* or an
@@ -244,7 +278,37 @@ def configure(
             history tables flowtel cannot write to; the message lists the differences and names
             ``flowtel db upgrade`` (a slower database: the writer logs it at ERROR).
         DatabaseURLError: the URL cannot be parsed or its driver is not installed.
+        AlreadyConfiguredError: flowtel is configured already, with other arguments.
     """
+    arguments = dict(locals())
+    with _configure_lock:
+        global _active
+        if _active is not None and not _active[0].closed:
+            handle, given = _active
+            if given == arguments:
+                return handle
+            raise AlreadyConfiguredError(
+                f"flowtel is already configured in this process (history in "
+                f"{display_url(handle.engine.url)}) with other arguments: call configure() "
+                "once, or call shutdown() on its handle before configuring again"
+            )
+        handle = _configure(arguments)
+        _active = (handle, arguments)
+        return handle
+
+
+def _configure(arguments: dict[str, Any]) -> Flowtel:
+    database_url = arguments["database_url"]
+    service_name, service_version = arguments["service_name"], arguments["service_version"]
+    resource_attributes = arguments["resource_attributes"]
+    tracer_provider, sampler = arguments["tracer_provider"], arguments["sampler"]
+    otlp, otlp_endpoint = arguments["otlp"], arguments["otlp_endpoint"]
+    otlp_protocol, otlp_headers = arguments["otlp_protocol"], arguments["otlp_headers"]
+    otlp_timeout, metrics = arguments["otlp_timeout"], arguments["metrics"]
+    meter_provider, metrics_interval = arguments["meter_provider"], arguments["metrics_interval"]
+    logs, log_level = arguments["logs"], arguments["log_level"]
+    shutdown_timeout = arguments["shutdown_timeout"]
+    processor_options = dict(arguments["processor_options"])
     url = resolve_database_url(database_url)
     engine = make_engine(url)
     if processor_options.get("create_tables", True):
@@ -264,6 +328,8 @@ def configure(
     if tracer_provider is None:
         audit = AuditSampler(sampler or sampler_from_env())
         tracer_provider, owns_provider = global_provider(resource, audit)
+    else:
+        _reachable(tracer_provider)
     if not isinstance(tracer_provider.sampler, AuditSampler):
         logger.warning(
             "flowtel: the tracer provider's sampler %s is not an AuditSampler; runs it drops "
