@@ -15,14 +15,14 @@ import atexit
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Sampler
 from sqlalchemy.engine import URL, Engine
 
@@ -54,6 +54,34 @@ _active: tuple[Flowtel, dict[str, Any]] | None = None
 """The live handle ``configure()`` returned, with the arguments it was given."""
 
 
+class _CountingExporter(SpanExporter):
+    """Passes spans to the OTLP exporter and counts its answers (the batch processor does not)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        with self._lock:
+            if result is SpanExportResult.SUCCESS:
+                self.exported += len(spans)
+            else:
+                self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
 class Flowtel:
     """What :func:`configure` set up; flush or shut it down through this handle."""
 
@@ -81,6 +109,24 @@ class Flowtel:
         self.shutdown_timeout = shutdown_timeout
         self._owns_provider = owns_provider
         self._closed = False
+        self._counted: _CountingExporter | None = None
+
+    @property
+    def trace_export(self) -> dict[str, Any]:
+        """How the OTLP trace export went, apart from the history rows.
+
+        ``enabled`` (OTLP export is on), ``spans_exported`` and ``spans_failed`` (the
+        exporter's answers so far) and ``ok`` (``None`` when off, else no span failed).
+        """
+        counted = self._counted
+        exported = counted.exported if counted is not None else 0
+        failed = counted.failed if counted is not None else 0
+        return {
+            "enabled": self.span_export is not None,
+            "ok": None if self.span_export is None else failed == 0,
+            "spans_exported": exported,
+            "spans_failed": failed,
+        }
 
     @property
     def closed(self) -> bool:
@@ -350,10 +396,11 @@ def _configure(arguments: dict[str, Any]) -> Flowtel:
             export,
             interval,
         )
-    span_export = span_exporter = None
+    span_export = span_exporter = counted = None
     if export:
         span_exporter = settings.span_exporter()
-        span_export = BatchSpanProcessor(span_exporter)
+        counted = _CountingExporter(span_exporter)
+        span_export = BatchSpanProcessor(counted)
         tracer_provider.add_span_processor(span_export)
     handle = Flowtel(
         engine,
@@ -366,6 +413,7 @@ def _configure(arguments: dict[str, Any]) -> Flowtel:
         meter_provider=own_meters,
         shutdown_timeout=shutdown_timeout_from_env(shutdown_timeout),
     )
+    handle._counted = counted
     atexit.register(handle.shutdown)
     logger.debug("flowtel records workflow history to %s", display_url(url))
     return handle
