@@ -10,6 +10,8 @@ on the child, so a hang fails the test instead of stalling the suite.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from sqlalchemy import event
 
 from exporters.db.engine import make_engine
 from tests.collector_support import run_child
+from tests.pg_private import PrivatePostgres
 
 CHILD = """
 import json, socket, threading, time
@@ -43,7 +46,7 @@ from instrumentation import workflow_run
 
 started = time.monotonic()
 handle = configure(
-    database_url=f"{scheme}://flowtel:pw@127.0.0.1:{{port}}/flowtel",
+    database_url={url!r}.replace("PORT", str(port)),
     logs=False, otlp=False, spool_dir={spool!r}, spool_after=0.2,
 )
 configure_s = time.monotonic() - started
@@ -64,14 +67,35 @@ def test_configure_and_shutdown_are_bounded_against_a_silent_server(
 ) -> None:
     spool = tmp_path / "spool"
     try:
-        done = run_child(CHILD.format(scheme=scheme, spool=str(spool)), timeout=40)
+        url = f"{scheme}://flowtel:pw@127.0.0.1:PORT/flowtel"
+        done = run_child(CHILD.format(url=url, spool=str(spool)), timeout=40)
     except subprocess.TimeoutExpired:
         pytest.fail(f"configure() or shutdown() hung against a silent {scheme} server")
+    check(done)
+
+
+def check(done: subprocess.CompletedProcess[str]) -> None:
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["configure_s"] < 3.0, result
     assert result["shutdown_s"] < 6.0, result
     assert result["spooled"], result  # the run's rows wait in the spool, none lost
     assert "Traceback" not in done.stderr
+
+
+def test_configure_and_shutdown_are_bounded_against_a_frozen_postgresql(
+    private_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    """The private cluster's postmaster is stopped (SIGSTOP): it accepts, never answers."""
+    url = private_postgres.new_database()
+    pid = int((private_postgres.data / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        done = run_child(CHILD.format(url=url, spool=str(tmp_path / "spool")), timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail("configure() or shutdown() hung against a frozen PostgreSQL")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    check(done)
 
 
 def connect_arguments(url: str) -> dict[str, Any]:
