@@ -20,6 +20,7 @@ from exporters.db.check import SchemaReport, check_schema, prepare_schema
 from exporters.db.engine import DEFAULT_DATABASE_URL, display_url, make_engine
 from exporters.db.schema import create_schema, workflow_history, workflow_step_history
 from exporters.errors import (
+    AlreadyConfiguredError,
     AmbiguousRunError,
     DatabaseURLError,
     FlowtelError,
@@ -41,6 +42,7 @@ from instrumentation import __version__
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "AlreadyConfiguredError",
     "AmbiguousRunError",
     "AuditSampler",
     "DatabaseURLError",

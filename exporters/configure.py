@@ -1,33 +1,35 @@
 """``configure()``: one call that wires flowtel into a process.
 
-It opens the history database, builds (or extends) the tracer provider with the history
-processor first, the metrics processor second and, when OTLP export is on, a
-``BatchSpanProcessor`` last; wraps the sampler so that sampling never thins the audit trail;
-sets up metrics over OTLP and structlog/stdlib logging with trace ids; and registers a bounded
-shutdown at interpreter exit. The returned :class:`Flowtel` handle flushes and shuts everything
-down within the timeout it is given, however unreachable the collector is.
+It opens the history database (checking its tables for at most a second, on a thread of its
+own, so a silent database server cannot hang the application), builds (or extends) the tracer
+provider with the history processor first, the metrics processor second and, when OTLP export
+is on, a ``BatchSpanProcessor`` last; wraps the sampler so that sampling never thins the audit
+trail; sets up metrics over OTLP and structlog/stdlib logging with trace ids; and registers a
+bounded shutdown at interpreter exit. The returned :class:`Flowtel` handle flushes and shuts
+everything down within the timeout it is given, however unreachable the collector is.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Sampler
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import OperationalError
 
-from exporters.db.check import SchemaMismatchError, prepare_schema
+from exporters.db.check import SchemaMismatchError, check_schema
 from exporters.db.engine import display_url, make_engine, resolve_database_url
+from exporters.errors import AlreadyConfiguredError
 from exporters.history.processor import WorkflowHistorySpanProcessor
-from exporters.spool.replay import replay_spool
 from exporters.telemetry.logs import configure_logging
 from exporters.telemetry.metrics import WorkflowMetricsSpanProcessor, install_metrics
 from exporters.telemetry.otlp import (
@@ -46,6 +48,38 @@ from exporters.telemetry.sampling import AuditSampler, sampler_from_env
 __all__ = ["Flowtel", "configure"]
 
 logger = logging.getLogger("flowtel")
+
+_configure_lock = threading.Lock()
+_active: tuple[Flowtel, dict[str, Any]] | None = None
+"""The live handle ``configure()`` returned, with the arguments it was given."""
+
+
+class _CountingExporter(SpanExporter):
+    """Passes spans to the OTLP exporter and counts its answers (the batch processor does not)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        with self._lock:
+            if result is SpanExportResult.SUCCESS:
+                self.exported += len(spans)
+            else:
+                self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
 
 
 class Flowtel:
@@ -75,6 +109,29 @@ class Flowtel:
         self.shutdown_timeout = shutdown_timeout
         self._owns_provider = owns_provider
         self._closed = False
+        self._counted: _CountingExporter | None = None
+
+    @property
+    def trace_export(self) -> dict[str, Any]:
+        """How the OTLP trace export went, apart from the history rows.
+
+        ``enabled`` (OTLP export is on), ``spans_exported`` and ``spans_failed`` (the
+        exporter's answers so far) and ``ok`` (``None`` when off, else no span failed).
+        """
+        counted = self._counted
+        exported = counted.exported if counted is not None else 0
+        failed = counted.failed if counted is not None else 0
+        return {
+            "enabled": self.span_export is not None,
+            "ok": None if self.span_export is None else failed == 0,
+            "spans_exported": exported,
+            "spans_failed": failed,
+        }
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`shutdown` was called."""
+        return self._closed
 
     @property
     def database_url(self) -> URL:
@@ -145,6 +202,51 @@ class Flowtel:
         return f"<Flowtel database={display_url(self.engine.url)!r}>"
 
 
+STARTUP_CHECK_S = 1.0
+"""Seconds ``configure()`` waits for the schema check before leaving it to the writer."""
+
+
+def _check_schema_briefly(engine: Engine, wait: float = STARTUP_CHECK_S) -> None:
+    """Raise :class:`SchemaMismatchError` if the database answers within *wait* seconds that
+    its tables cannot take flowtel's rows; otherwise return (never blocks longer).
+
+    The check only reads, on a daemon thread: a database that is down or silent leaves it to
+    the writer, which creates the tables, replays earlier processes' spool files (oldest
+    first) and reports a mismatch at ERROR from its own thread, where the driver's timeouts
+    bound every wait.
+    """
+    found: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            report = check_schema(engine)
+            if report.blocking and not report.empty:  # no tables yet: the writer creates them
+                found.append(SchemaMismatchError(report))
+        except Exception as exc:  # unreachable for now: the writer retries, then spools
+            logger.debug("flowtel's start-up schema check failed: %s", type(exc).__name__)
+
+    thread = threading.Thread(target=check, name="flowtel-schema-check", daemon=True)
+    thread.start()
+    thread.join(wait)
+    if found:
+        raise found[0]
+
+
+def _reachable(provider: TracerProvider) -> None:
+    """Make workflows reach *provider*: install it globally if no SDK provider is, else say how."""
+    current = trace.get_tracer_provider()
+    if current is provider:
+        return
+    if not isinstance(current, TracerProvider):
+        trace.set_tracer_provider(provider)
+        return
+    logger.warning(
+        "flowtel: the tracer provider given to configure() is not the global one; workflows "
+        "are recorded only when given it: workflow_run(..., tracer_provider=handle."
+        "tracer_provider), or a workflow class's tracer_provider attribute"
+    )
+
+
 def configure(
     *,
     database_url: str | URL | None = None,
@@ -168,6 +270,11 @@ def configure(
 ) -> Flowtel:
     """Record workflow history, and export traces and metrics, from this process.
 
+    Once per process: a second call with the same arguments returns the live handle; one with
+    other arguments raises :class:`AlreadyConfiguredError` until that handle is shut down.
+    flowtel shuts down only what it created: a tracer provider the application installed or
+    passed keeps running after :meth:`Flowtel.shutdown`.
+
     Args:
         database_url: the history database (default: ``FLOWTEL_DATABASE_URL``, else
             ``sqlite:///flowtel.db`` in the working directory).
@@ -177,6 +284,9 @@ def configure(
             flowtel's version).
         resource_attributes: more resource attributes (override the environment's).
         tracer_provider: add flowtel's processors to this provider instead of creating one.
+            When no SDK provider is installed globally it is installed, so workflows reach
+            it by default; beside another global provider, workflows must be given it
+            (``workflow_run(..., tracer_provider=handle.tracer_provider)``), as a warning says.
         sampler: the trace sampler (default: ``OTEL_TRACES_SAMPLER``/``_ARG``); wrapped so
             workflow spans are always recorded. Ignored when a provider is given or installed.
         otlp: export over OTLP (default: on when *otlp_endpoint* or an
@@ -206,25 +316,53 @@ def configure(
     Returns:
         The :class:`Flowtel` handle; its ``shutdown`` also runs at interpreter exit.
 
+    Never waits on the database for more than about :data:`STARTUP_CHECK_S`: creating the
+    tables and replaying earlier processes' spool happen on the writer's threads.
+
     Raises:
-        SchemaMismatchError: the database holds history tables flowtel cannot write to; the
-            message lists the differences and names ``flowtel db upgrade``.
+        SchemaMismatchError: the database answered within :data:`STARTUP_CHECK_S` that it holds
+            history tables flowtel cannot write to; the message lists the differences and names
+            ``flowtel db upgrade`` (a slower database: the writer logs it at ERROR).
         DatabaseURLError: the URL cannot be parsed or its driver is not installed.
+        AlreadyConfiguredError: flowtel is configured already, with other arguments.
     """
+    arguments = dict(locals())
+    with _configure_lock:
+        global _active
+        if _active is not None and not _active[0].closed:
+            handle, given = _active
+            if given == arguments:
+                return handle
+            raise AlreadyConfiguredError(
+                f"flowtel is already configured in this process (history in "
+                f"{display_url(handle.engine.url)}) with other arguments: call configure() "
+                "once, or call shutdown() on its handle before configuring again"
+            )
+        handle = _configure(arguments)
+        _active = (handle, arguments)
+        return handle
+
+
+def _configure(arguments: dict[str, Any]) -> Flowtel:
+    database_url = arguments["database_url"]
+    service_name, service_version = arguments["service_name"], arguments["service_version"]
+    resource_attributes = arguments["resource_attributes"]
+    tracer_provider, sampler = arguments["tracer_provider"], arguments["sampler"]
+    otlp, otlp_endpoint = arguments["otlp"], arguments["otlp_endpoint"]
+    otlp_protocol, otlp_headers = arguments["otlp_protocol"], arguments["otlp_headers"]
+    otlp_timeout, metrics = arguments["otlp_timeout"], arguments["metrics"]
+    meter_provider, metrics_interval = arguments["meter_provider"], arguments["metrics_interval"]
+    logs, log_level = arguments["logs"], arguments["log_level"]
+    shutdown_timeout = arguments["shutdown_timeout"]
+    processor_options = dict(arguments["processor_options"])
     url = resolve_database_url(database_url)
     engine = make_engine(url)
     if processor_options.get("create_tables", True):
         try:
-            prepare_schema(engine)  # once, here: a table flowtel cannot write to fails now
-        except OperationalError:
-            pass  # unreachable for now: the writer retries, then spools
+            _check_schema_briefly(engine)  # a table flowtel cannot write to fails now
         except SchemaMismatchError:
             engine.dispose()
             raise
-        else:
-            processor_options["create_tables"] = False
-            if processor_options.get("spool", True):  # rows earlier processes spooled, oldest first
-                replay_spool(engine, processor_options.get("spool_dir"), timeout=5.0)
     resource = make_resource(service_name, service_version, resource_attributes)
     service = service_name or str(resource.attributes.get("service.name") or "") or None
     settings = OTLPSettings(otlp_protocol, otlp_endpoint, otlp_headers, otlp_timeout)
@@ -236,6 +374,8 @@ def configure(
     if tracer_provider is None:
         audit = AuditSampler(sampler or sampler_from_env())
         tracer_provider, owns_provider = global_provider(resource, audit)
+    else:
+        _reachable(tracer_provider)
     if not isinstance(tracer_provider.sampler, AuditSampler):
         logger.warning(
             "flowtel: the tracer provider's sampler %s is not an AuditSampler; runs it drops "
@@ -256,10 +396,11 @@ def configure(
             export,
             interval,
         )
-    span_export = span_exporter = None
+    span_export = span_exporter = counted = None
     if export:
         span_exporter = settings.span_exporter()
-        span_export = BatchSpanProcessor(span_exporter)
+        counted = _CountingExporter(span_exporter)
+        span_export = BatchSpanProcessor(counted)
         tracer_provider.add_span_processor(span_export)
     handle = Flowtel(
         engine,
@@ -272,6 +413,7 @@ def configure(
         meter_provider=own_meters,
         shutdown_timeout=shutdown_timeout_from_env(shutdown_timeout),
     )
+    handle._counted = counted
     atexit.register(handle.shutdown)
     logger.debug("flowtel records workflow history to %s", display_url(url))
     return handle

@@ -13,6 +13,7 @@ from instrumentation.errors import FlowtelError
 
 __all__ = [
     "MIN_PREFIX_LENGTH",
+    "AlreadyConfiguredError",
     "AmbiguousRunError",
     "DatabaseURLError",
     "FlowtelError",
@@ -24,6 +25,10 @@ __all__ = [
 
 MIN_PREFIX_LENGTH = 4
 """Shortest run-id prefix a run lookup accepts."""
+
+
+class AlreadyConfiguredError(FlowtelError, RuntimeError):
+    """``configure()`` was called again, with other arguments, while its handle is live."""
 
 
 class DatabaseURLError(FlowtelError, ValueError):

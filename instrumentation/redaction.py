@@ -172,13 +172,15 @@ class Redactor:
             text = _URL_CREDENTIALS.sub(_mask_url, text)
         if "-----BEGIN " in text:
             text = _PRIVATE_KEY_BLOCK.sub(REDACTED, text)
-        if (
-            self._mask_assignments
-            and ("=" in text or ":" in text)
-            and self._key_pattern.search(text) is not None
-        ):
+        if self._mask_assignments and ("=" in text or ":" in text) and self._mentions_a_part(text):
             text = self._assignment.sub(self._mask_assignment, text)
         return text
+
+    def _mentions_a_part(self, text: str) -> bool:
+        # Substring tests on the lowered text: ~25x faster than the case-insensitive
+        # alternation, which the regex engine cannot anchor on a literal.
+        lowered = text.lower()
+        return any(part in lowered for part in self._parts)
 
     def _mask_assignment(self, match: re.Match[str]) -> str:
         if match.group("key").lower() in self._allow:

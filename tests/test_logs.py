@@ -289,3 +289,26 @@ def test_an_applications_own_handler_gets_redacted_records(any_format: io.String
     assert [s for s in SECRETS if s in text] == []
     assert "db_password=[REDACTED]" in text and "nothing secret 5" in text
     assert "Traceback (most recent call last)" in text and "token=[REDACTED]" in text
+
+
+SECRET_CHILD = """
+import logging, structlog
+from exporters import configure
+handle = configure(database_url={url!r}, otlp=False)
+structlog.get_logger().warning("x", password="hunter2")
+logging.getLogger("app").warning("connecting to postgresql://u:pw-url@db/x")
+try:
+    raise ConnectionError("refused: token=exc-tok")
+except ConnectionError:
+    structlog.get_logger().exception("structlog saw it")
+    logging.getLogger("app").error("stdlib saw it", exc_info=True)
+handle.shutdown(2000)
+"""
+
+
+def test_configure_defaults_print_no_secret(tmp_path: Path) -> None:
+    """The issue's reproduction: configure() with its logging defaults, in a fresh process."""
+    done = run_child(SECRET_CHILD.format(url=f"sqlite:///{tmp_path}/h.db"))
+    assert [s for s in SECRETS if s in done.stderr] == []
+    assert "structlog saw it" in done.stderr and "stdlib saw it" in done.stderr
+    assert done.stderr.count("ConnectionError") >= 2 and "<traceback object" not in done.stderr

@@ -127,3 +127,16 @@ def test_the_read_engine_never_creates_a_sqlite_file(tmp_path: Path) -> None:
     with pytest.raises(sa.exc.OperationalError):
         engine.connect().close()
     assert not path.exists()
+
+
+def test_every_backend_without_tables_exits_3_and_gets_none(db_url: str) -> None:
+    """On SQLite, PostgreSQL and MariaDB: exit 3 naming the fix; no table is created."""
+    for command in (["runs"], ["stats"], ["db", "current"]):
+        result = invoke(*command, "--db", db_url)
+        if command[0] != "db":
+            assert result.exit_code == 3, result.output
+            assert "flowtel db upgrade" in result.output  # (SQLite: the file does not exist)
+    engine = make_engine(db_url)
+    with engine.connect() as connection:
+        assert not sa.inspect(connection).has_table("workflow_history")
+    engine.dispose()

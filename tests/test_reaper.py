@@ -169,3 +169,74 @@ def test_reap_command(tmp_path: Path) -> None:
     wrong = runner.invoke(reap_command, ["--db", url, "--older-than", "soon"])
     assert wrong.exit_code == 2 and "is not a duration" in wrong.output
     engine.dispose()
+
+
+def test_reaping_closes_the_runs_open_steps_and_stops_its_clock(db_url: str) -> None:
+    """The run's running steps become abandoned at the reap; durations end at the reap."""
+    from tests.test_queries import step_row
+
+    engine = make_engine(db_url)
+    create_schema(engine)
+    write(
+        engine,
+        run_row("silent", "running", dt.timedelta(minutes=30)),
+        run_row("beating", "running", dt.timedelta(minutes=1)),
+    )
+    begun = NOW - dt.timedelta(minutes=25)
+    done = step_row("silent", 1, "a", started_at=begun, completed_at=begun, duration_ms=0)
+    open_step = step_row(
+        "silent", 2, "b", status="running", started_at=begun, completed_at=None, duration_ms=None
+    )
+    other = step_row(
+        "beating", 1, "a", status="running", started_at=begun, completed_at=None, duration_ms=None
+    )
+    with engine.begin() as connection:
+        upsert_rows(connection, [], [done, open_step, other])
+    assert len(reap(engine, dt.timedelta(minutes=10), now=NOW)) == 1
+    with engine.connect() as connection:
+        steps = connection.execute(
+            sa.text(
+                "SELECT run_id, step_name, status, completed_at, "
+                "duration_ms FROM workflow_step_history"
+            )
+        ).all()
+    found = {(r.run_id, r.step_name): r for r in steps}
+    closed = found[("silent", "b")]
+    assert (closed.status, closed.duration_ms) == ("abandoned", 25 * 60 * 1000)
+    assert closed.completed_at is not None
+    assert found[("silent", "a")].status == "completed"
+    assert (found[("beating", "a")].status, found[("beating", "a")].completed_at) == (
+        "running",
+        None,
+    )
+    run = rows(engine)["silent"]
+    assert run["duration_ms"] == 30 * 60 * 1000 and run["completed_at"] is not None
+    engine.dispose()
+
+
+def test_show_stops_counting_an_abandoned_runs_duration(tmp_path: Path) -> None:
+    from exporters.cli import main
+    from tests.test_queries import step_row
+
+    url = f"sqlite:///{tmp_path}/h.db"
+    engine = make_engine(url)
+    create_schema(engine)
+    write(engine, run_row("silent-run-0001", "running", dt.timedelta(minutes=30)))
+    open_step = step_row(
+        "silent-run-0001",
+        1,
+        "b",
+        status="running",
+        started_at=NOW - dt.timedelta(minutes=25),
+        completed_at=None,
+        duration_ms=None,
+    )
+    with engine.begin() as connection:
+        upsert_rows(connection, [], [open_step])
+    reap(engine, dt.timedelta(minutes=10), now=NOW)
+    engine.dispose()
+    shown = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["show", "silent-run-0001", "--db", url])
+    assert shown.exit_code == 0, shown.output
+    assert "abandoned" in shown.output
+    assert "so far" not in shown.output and "…" not in shown.output.split("Steps")[-1]
+    assert "30m" in shown.output or "30:00" in shown.output or "1800" in shown.output

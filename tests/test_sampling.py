@@ -149,6 +149,7 @@ def test_configure_wraps_the_environment_sampler(tmp_path: Path) -> None:
         "from exporters import configure\n"
         f"h = configure(database_url='sqlite:///{tmp_path}/h.db', logs=False)\n"
         "print(h.tracer_provider.sampler.get_description())\n"
+        "h.shutdown(2000)\n"  # configure() again only after the first handle is shut down
         f"configure(database_url='sqlite:///{tmp_path}/h2.db', tracer_provider=TracerProvider(),"
         " logs=False)\n"
     )

@@ -317,3 +317,54 @@ def test_a_refused_live_batch_costs_only_the_refused_row(tmp_path: Path) -> None
     assert counts(processor.engine) == (5, 9)
     assert processor.stats["rows_rejected"] == 1
     processor.shutdown(5_000)
+
+
+def test_a_damaged_header_resynchronises_on_the_next_frame(tmp_path: Path) -> None:
+    """A flipped byte in the header loses the header only: every row is replayed, the skipped
+    record and bytes are counted (also by ``spool replay --json``) and kept in ``*.damaged``."""
+    url = f"sqlite:///{tmp_path}/h.db"
+    engine = make_engine(url)
+    path = spooled(engine, 10)
+    data = bytearray(path.read_bytes())
+    header_length = data.index(b"\n") + 1
+    data[data.index(b"flowtel_spool")] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = CliRunner().invoke(spool_command, ["replay", "--db", url, "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert (found["error"], found["rows"], found["remaining_files"]) == (None, 20, 0)
+    assert (found["records_skipped"], found["bytes_skipped"]) == (1, header_length)
+    assert counts(engine) == (10, 10)
+    (damaged,) = found["damaged"]
+    assert Path(damaged).read_bytes() == bytes(data[:header_length])
+    assert stat.S_IMODE(Path(damaged).stat().st_mode) == 0o600
+    path.write_bytes(bytes(data))  # once more, as text
+    text = CliRunner().invoke(spool_command, ["replay", "--db", url]).output
+    assert "Skipped 1 damaged record(s)" in text and damaged in text
+    engine.dispose()
+
+
+def test_a_lost_newline_costs_one_record_not_two(tmp_path: Path) -> None:
+    """Two records run together: the damaged first is skipped, the second found inside it."""
+    engine = make_engine(f"sqlite:///{tmp_path}/h.db")
+    path = spooled(engine, 10)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4][:-1]  # run-001's step record loses its newline: it merges with run-002
+    path.write_bytes(b"".join(lines))
+    result = replay_spool(engine)
+    assert (result.error, result.rows, result.records_skipped) == (None, 19, 1)
+    assert result.bytes_skipped == len(lines[4])
+    assert counts(engine) == (10, 9)
+    engine.dispose()
+
+
+def test_damaged_and_torn_records_are_counted(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/h.db")
+    path = spooled(engine, 10)
+    data = bytearray(path.read_bytes())
+    data[data.index(b'"run-004"') + 2] ^= 0x01
+    path.write_bytes(bytes(data[:-10]))  # and the last record torn
+    result = replay_spool(engine)
+    assert (result.rows, result.records_skipped) == (18, 2)
+    assert counts(engine) == (9, 9)
+    engine.dispose()

@@ -55,7 +55,7 @@ def upgrade(db: str | None, as_json: bool) -> None:
     <file>.bak-<timestamp> first.
     """
     with database_errors(db):
-        engine = make_engine(db)
+        engine = make_engine(db, io_timeout=None)  # a migration may rewrite a large table
         try:
             result = migrations.upgrade(engine)
         except RuntimeError as exc:

@@ -3,7 +3,9 @@
 It configures flowtel on the chosen database (the embedded SQLite file by default), runs
 :func:`~exporters.cli.demo_workflow.run_demo` with a progress bar on stderr (plain lines when stderr
 is not a terminal), flushes and shuts flowtel down so every row is written, and prints a summary
-with the commands to run next, or the same summary as JSON with ``--json``.
+with the commands to run next, or the same summary as JSON with ``--json``. The rows' outcome
+(``flushed``) and the trace export's (``traces``: spans exported and failed) are reported
+apart: an unreachable collector does not make the history incomplete, nor the reverse.
 """
 
 from __future__ import annotations
@@ -107,14 +109,24 @@ def demo(
                 on_progress=on_progress,
                 tracer_provider=handle.tracer_provider,
             )
-        flushed = handle.force_flush(_FLUSH_TIMEOUT_MS)
+        handle.force_flush(_FLUSH_TIMEOUT_MS)
+        flushed = handle.processor.force_flush(_FLUSH_TIMEOUT_MS)  # the rows, on their own
     finally:
         handle.shutdown(_FLUSH_TIMEOUT_MS)
+    traces = handle.trace_export  # after shutdown: every span has had its answer
     shown = display_url(handle.database_url)
     if as_json:
-        echo_json({"database": shown, "flushed": flushed, **summary.to_json()})
+        echo_json({"database": shown, "flushed": flushed, "traces": traces, **summary.to_json()})
         return
     _print_summary(summary, shown, db is not None, flushed)
+    if traces["spans_failed"]:
+        make_console().print(
+            f"Warning: {traces['spans_failed']} of "
+            f"{traces['spans_failed'] + traces['spans_exported']} spans could not be exported "
+            "to the OTLP endpoint: the traces are incomplete (the history rows are not).",
+            style="yellow",
+            markup=False,
+        )
 
 
 def _print_summary(summary: DemoSummary, shown: str, explicit_db: bool, flushed: bool) -> None:

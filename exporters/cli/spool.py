@@ -104,3 +104,8 @@ def replay(db: str | None, spool_dir: str | None, as_json: bool) -> None:
             f"{result.remaining_files} file(s) left: still being written by a running process, "
             "which replays them itself once its database answers."
         )
+    if result.records_skipped:
+        click.echo(
+            f"Skipped {result.records_skipped} damaged record(s) ({result.bytes_skipped} bytes), "
+            f"kept for inspection in: {', '.join(result.damaged)}"
+        )

@@ -41,6 +41,10 @@ DEFAULT_DATABASE_URL = "sqlite:///flowtel.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10
 """Seconds a PostgreSQL or MariaDB connection attempt may take (unless the URL says)."""
+IO_TIMEOUT_S = 60.0
+"""Seconds one statement, or one read or write on the connection, may take (unless the URL
+says): PyMySQL's ``read_timeout``/``write_timeout``; PostgreSQL's ``statement_timeout`` (on the
+server) and ``tcp_user_timeout`` (unacknowledged data) with TCP keepalives."""
 _JSON_BACKENDS = frozenset({"sqlite", "postgresql", "mysql", "mariadb"})
 
 
@@ -164,7 +168,7 @@ def _create(url: URL, options: dict[str, Any]) -> Engine:
         ) from None
 
 
-def _base_options(url: URL) -> dict[str, Any]:
+def _base_options(url: URL, io_timeout: float | None = IO_TIMEOUT_S) -> dict[str, Any]:
     options: dict[str, Any] = {"pool_pre_ping": True}
     backend = url.get_backend_name()
     if backend in _JSON_BACKENDS:
@@ -173,24 +177,63 @@ def _base_options(url: URL) -> dict[str, Any]:
     if backend in ("sqlite", "mysql", "mariadb"):
         # rows imported from the old system may hold metadata that is not JSON: read it as text
         options["json_deserializer"] = _lenient_json_loads
-    if backend != "sqlite" and "connect_timeout" not in url.query:
-        # a host that drops packets must not block configure() until the TCP timeout
-        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     if backend == "sqlite":
         options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         options.pop("pool_pre_ping")
+    else:
+        options["connect_args"] = _server_timeouts(url, io_timeout)
     return options
 
 
-def make_engine(database_url: str | URL | None = None, **engine_options: Any) -> Engine:
+def _server_timeouts(url: URL, io_timeout: float | None) -> dict[str, Any]:
+    """Connect and read bounds for a server database; what the URL sets wins."""
+    given = url.query
+    args: dict[str, Any] = {}
+    # a host that drops packets, or a server that accepts and stays silent, must not block a
+    # writer or a shutdown until the TCP timeout, or forever
+    if "connect_timeout" not in given:
+        args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if io_timeout is None:
+        return args
+    backend = url.get_backend_name()
+    if backend in ("mysql", "mariadb"):
+        for name in ("read_timeout", "write_timeout"):
+            if name not in given:
+                args[name] = max(int(io_timeout), 1)
+    elif backend == "postgresql":
+        millis = max(int(io_timeout * 1000), 1)
+        defaults = {
+            "tcp_user_timeout": millis,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        args.update({k: v for k, v in defaults.items() if k not in given})
+        if "options" not in given:
+            args["options"] = f"-c statement_timeout={millis}"
+    return args
+
+
+def make_engine(
+    database_url: str | URL | None = None,
+    *,
+    io_timeout: float | None = IO_TIMEOUT_S,
+    **engine_options: Any,
+) -> Engine:
     """Create a SQLAlchemy engine for the history database with flowtel's settings.
+
+    Every wait is bounded: the connect (:data:`CONNECT_TIMEOUT_S`), each statement and each
+    read or write on a server connection (*io_timeout* seconds, :data:`IO_TIMEOUT_S`; ``None``
+    for none, e.g. for a long migration) and a SQLite lock (:data:`SQLITE_BUSY_TIMEOUT_S`).
+    Settings in the URL's query (``read_timeout``, ``options``, ...) win.
 
     Raises:
         DatabaseURLError: the URL cannot be parsed or its driver is not installed (the
             message names the extra to install).
     """
     url = resolve_database_url(database_url)
-    options = _base_options(url)
+    options = _base_options(url, io_timeout)
     if url.get_backend_name() == "sqlite":
         _prepare_sqlite_file(url)
     options.update(engine_options)
@@ -219,7 +262,7 @@ def make_read_engine(database_url: str | URL | None = None, **engine_options: An
     if backend == "sqlite":
         url = _sqlite_read_only_url(url)
     elif backend == "postgresql":
-        given = str(url.query.get("options", ""))
+        given = str(url.query.get("options", connect_args.get("options", "")))
         connect_args["options"] = f"{given} -c default_transaction_read_only=on".strip()
         url = url.difference_update_query(["options"])
     options["connect_args"] = connect_args

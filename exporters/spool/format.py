@@ -6,8 +6,11 @@ and step column lists, which columns are times) and then holds one record per li
 ``["r", <run row values>]`` or ``["s", <step row values>]``, in the header's column order,
 times as integer microseconds since the epoch. Reading checks each line's length and checksum,
 so a record torn by a crash or a power cut (no newline, or fewer bytes than announced) and a
-damaged one are skipped with a warning naming the file and offset; the records around it are
-read normally. Column lists in the header let a newer flowtel read an older file.
+damaged one are skipped with a warning naming the file and offset, and handed to the reader's
+``on_damage`` callback to be counted and kept; reading resynchronises on the next valid frame,
+also one that a lost newline ran into the damaged line. Column lists in the header let a newer
+flowtel read an older file; a file whose header is damaged is read with this version's columns
+(:func:`fallback_header`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import json
 import logging
 import operator
 import os
+import re
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -34,6 +38,7 @@ __all__ = [
     "SpoolHeader",
     "encode_header",
     "encode_rows",
+    "fallback_header",
     "read_header",
     "read_records",
 ]
@@ -70,6 +75,20 @@ def _unframe(line: bytes) -> Any:
         return json.loads(payload)
     except ValueError:
         return None
+
+
+# where a frame may start inside a damaged line: "<length hex> <crc32 hex> "
+_FRAME_START = re.compile(rb"[0-9a-f]{1,8} [0-9a-f]{8} ")
+
+
+def _resync(line: bytes) -> tuple[int, Any]:
+    """The first valid frame that starts inside damaged *line*: ``(its offset, value)``, or
+    ``(len(line), None)`` when there is none."""
+    for match in _FRAME_START.finditer(line, 1):
+        value = _unframe(line[match.start() :])
+        if value is not None:
+            return match.start(), value
+    return len(line), None
 
 
 def _json_default(value: Any) -> Any:
@@ -134,6 +153,14 @@ class SpoolHeader:
         return kind, row
 
 
+def fallback_header(key: str) -> SpoolHeader:
+    """The header this version writes for *key*: used to read a file whose header is damaged
+    (its records are checked against these columns one by one)."""
+    return SpoolHeader(
+        key, {RUN: list(RUN_COLUMNS), STEP: list(STEP_COLUMNS)}, frozenset(_DATETIMES), 0
+    )
+
+
 def _parse_header(value: Any) -> SpoolHeader | None:
     if not isinstance(value, dict) or value.get("flowtel_spool") != FORMAT_VERSION:
         return None
@@ -149,11 +176,17 @@ def _parse_header(value: Any) -> SpoolHeader | None:
 
 
 def read_records(
-    handle: BinaryIO, name: str, offset: int = 0, limit: int | None = None
+    handle: BinaryIO,
+    name: str,
+    offset: int = 0,
+    limit: int | None = None,
+    on_damage: Callable[[int, bytes], None] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(offset after the record, decoded JSON)`` from *offset* of an open spool file.
 
-    A torn or damaged record is skipped with a warning naming *name* and its byte offset.
+    A torn or damaged record is skipped with a warning naming *name* and its byte offset, and
+    its bytes are passed to *on_damage* ``(offset, bytes)``; a valid frame that a lost newline
+    ran into the damaged line is still read.
     """
     handle.seek(offset)
     position = offset
@@ -162,14 +195,18 @@ def read_records(
         start, position = position, position + len(line)
         value = _unframe(line)
         if value is None:
+            cut, value = _resync(line) if line.endswith(b"\n") else (len(line), None)
             logger.warning(
                 "flowtel skipped a %s spool record at byte %d of %s (%d bytes)",
                 "damaged" if line.endswith(b"\n") else "torn",
                 start,
                 name,
-                len(line),
+                cut,
             )
-            continue
+            if on_damage is not None:
+                on_damage(start, line[:cut])
+            if value is None:
+                continue
         yield position, value
         count += 1
         if limit is not None and count >= limit:
@@ -177,7 +214,10 @@ def read_records(
 
 
 def read_header(handle: BinaryIO, name: str) -> tuple[SpoolHeader | None, int]:
-    """The file's header and the offset of its first record (``None`` if unreadable)."""
-    for offset, value in read_records(handle, name, 0, 1):
-        return _parse_header(value), offset
-    return None, 0
+    """The file's header and the offset of its first record (``None`` if its first line is
+    not a valid header: see :func:`fallback_header`)."""
+    handle.seek(0)
+    line = handle.readline()
+    value = _unframe(line) if line else None
+    header = _parse_header(value) if value is not None else None
+    return header, (len(line) if header is not None else 0)

@@ -9,8 +9,12 @@ or after a newer one, changes nothing. Within a chunk, snapshots of the same run
 folded by the very rule the database applies, because PostgreSQL refuses to upsert one key
 twice in one statement. A chunk the database refuses for its data (not for an outage) is
 halved until the refused rows are isolated; those are set aside in ``rejected.jsonl`` (0600,
-with the error) and everything else is replayed. A file of another database is left alone; an
-unreadable one is renamed ``*.corrupt``. The writer thread calls :meth:`Replayer.replay_chunk`
+with the error) and everything else is replayed. Damaged or torn records are skipped and the
+reading resynchronises on the next valid frame; a damaged header costs only itself (the file
+is read with this version's columns). Every skipped record and byte is counted in the result
+and the skipped bytes are kept beside the file in ``<file>.damaged`` (0600) for inspection. A
+file of another database is left alone; one without a single readable record is renamed
+``*.corrupt``. The writer thread calls :meth:`Replayer.replay_chunk`
 between batches; :func:`replay_spool` drains a spool in one call (``configure()`` does at start).
 """
 
@@ -34,7 +38,13 @@ from exporters.db.driver_errors import refused
 from exporters.db.engine import display_url
 from exporters.db.upsert import step_replaces
 from exporters.spool.files import spool_directory, spool_files, spool_key, spool_status
-from exporters.spool.format import RUN, SpoolHeader, read_header, read_records
+from exporters.spool.format import (
+    RUN,
+    SpoolHeader,
+    fallback_header,
+    read_header,
+    read_records,
+)
 from instrumentation.attributes import FINAL_RUN_STATUSES
 
 __all__ = ["ReplayResult", "Replayer", "fold_rows", "replay_spool"]
@@ -44,21 +54,58 @@ logger = logging.getLogger("flowtel.spool")
 _FINAL = frozenset(s.value for s in FINAL_RUN_STATUSES)
 
 
+class _Damage:
+    """Skipped spool records of one replayer: counted, and their bytes kept in ``*.damaged``."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.bytes = 0
+        self.files: list[str] = []
+        self._seen: set[tuple[str, int]] = set()  # a file replayed again counts once
+
+    def keep(self, path: Path, offset: int, data: bytes) -> None:
+        if (path.name, offset) in self._seen:
+            return
+        self._seen.add((path.name, offset))
+        self.records += 1
+        self.bytes += len(data)
+        damaged = path.with_name(path.name + ".damaged")
+        try:
+            fd = os.open(damaged, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            logger.error("flowtel could not keep a damaged spool record in %s: %s", damaged, exc)
+            return
+        if str(damaged) not in self.files:
+            self.files.append(str(damaged))
+
+
 class _Claim:
     """One spool file, locked for replay, and how far it has been replayed."""
 
-    def __init__(self, path: Path, handle: BinaryIO, header: SpoolHeader, offset: int) -> None:
+    def __init__(
+        self, path: Path, handle: BinaryIO, header: SpoolHeader, offset: int, damage: _Damage
+    ) -> None:
         self.path, self.handle, self.header, self.offset = path, handle, header, offset
+        self.damage = damage
+
+    def _damaged(self, offset: int, data: bytes) -> None:
+        self.damage.keep(self.path, offset, data)
 
     def read(self, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], int, bool]:
         """Up to *limit* rows from the current offset, the offset after them, and EOF."""
         rows: list[tuple[str, dict[str, Any]]] = []
         end, seen = self.offset, 0
-        for position, value in read_records(self.handle, str(self.path), self.offset, limit):
-            end, seen = position, seen + 1
+        records = read_records(self.handle, str(self.path), self.offset, limit, self._damaged)
+        for position, value in records:
+            start, end, seen = end, position, seen + 1
             decoded = self.header.decode(value)
             if decoded is None:
                 logger.warning("flowtel skipped a spool record that is not a row in %s", self.path)
+                self._damaged(start, json.dumps(value, default=str).encode() + b"\n")
                 continue
             rows.append(decoded)
         return rows, end, seen < limit
@@ -104,6 +151,7 @@ class Replayer:
         self.files_replayed = 0
         self.rows_replayed = 0
         self.rows_rejected = 0
+        self.damage = _Damage()
         self._claim: _Claim | None = None
         self._passed: set[str] = set()
 
@@ -180,6 +228,14 @@ class Replayer:
             handle.close()  # replayed and deleted by another process meanwhile
             return None
         header, offset = read_header(handle, str(path))
+        if header is None and self._has_a_row(handle, path):
+            logger.error(
+                "flowtel found the header of the spool file %s damaged; replaying its records "
+                "with this version's columns (skipped bytes kept in %s.damaged)",
+                path,
+                path.name,
+            )
+            header, offset = fallback_header(self.key), 0
         if header is None:
             logger.error("flowtel cannot read the spool file %s; renamed it *.corrupt", path)
             path.rename(path.with_name(path.name + ".corrupt"))
@@ -190,7 +246,12 @@ class Replayer:
             self._passed.add(path.name)
             handle.close()
             return None
-        return _Claim(path, handle, header, offset)
+        return _Claim(path, handle, header, offset, self.damage)
+
+    def _has_a_row(self, handle: BinaryIO, path: Path) -> bool:
+        """Whether a file without a readable header holds a record that is a row of ours."""
+        header = fallback_header(self.key)
+        return any(header.decode(value) for _, value in read_records(handle, str(path)))
 
     def release(self) -> None:
         """Unlock the file being replayed (it will be replayed again from its start)."""
@@ -210,10 +271,17 @@ class ReplayResult:
     seconds: float
     error: str | None = None
     rows_rejected: int = 0
+    records_skipped: int = 0
+    """Damaged or torn records skipped (their bytes are kept in the ``damaged`` files)."""
+    bytes_skipped: int = 0
+    damaged: tuple[str, ...] = ()
+    """The ``<spool file>.damaged`` files holding what was skipped."""
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
-        return dict(self.__dict__)
+        values = dict(self.__dict__)
+        values["damaged"] = list(self.damaged)
+        return values
 
 
 def replay_spool(
@@ -261,6 +329,9 @@ def replay_spool(
         time.monotonic() - started,
         error,
         replayer.rows_rejected,
+        replayer.damage.records,
+        replayer.damage.bytes,
+        tuple(replayer.damage.files),
     )
 
 
