@@ -367,3 +367,16 @@ def test_a_non_loopback_address_needs_a_token(tmp_path: Path) -> None:
     server = IngestServer(sink, "0.0.0.0:0", token=TOKEN)
     server.shutdown()
     sink.close()
+
+
+def test_the_command_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from exporters.cli import main
+
+    result = CliRunner().invoke(
+        main, ["ingest", "--db", f"sqlite:///{tmp_path}/h.db", "--listen", "0.0.0.0:0"]
+    )
+    assert result.exit_code == 2 and "without a token" in result.output
+    result = CliRunner().invoke(main, ["ingest", "--db", "not a url"])
+    assert result.exit_code == 2

@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -307,12 +306,13 @@ def test_ingest_killed_and_restarted_mid_stream_loses_nothing(
 
 
 def test_the_collector_restarted_while_ingest_is_down_loses_nothing(tmp_path: Path) -> None:
+    """Also: with the workers' sampler at always_off, every run still reaches the history."""
     db_url = f"sqlite:///{tmp_path}/h.db"
     (port,) = free_ports(1)
     ingest = Ingest(db_url, port, tmp_path)  # not started: ingest is down
     collector = IngestCollector(tmp_path, port).start()
     try:
-        expected = reports(start_workers(collector, 2, 50))
+        expected = reports(start_workers(collector, 2, 50, OTEL_TRACES_SAMPLER="always_off"))
         time.sleep(1.0)  # into the persistent queue
         collector.stop()
         assert table(db_url)[0] == {}
@@ -333,16 +333,12 @@ def test_trace_sampling_thins_the_backend_never_the_history(tmp_path: Path) -> N
     collector = IngestCollector(tmp_path, port, zipkin=f"{zipkin}/api/v2/spans")
     collector.env["FLOWTEL_TRACE_SAMPLING_PERCENT"] = "10"
     collector.start()
-    service = f"sampled-{uuid.uuid4().hex[:8]}"
     try:
-        children = start_workers(collector, 1, 200)
-        children[0].args[2] = children[0].args[2]  # (the worker's service name is below)
-        expected = reports(children)
+        expected = reports(start_workers(collector, 1, 200))
         assert_exact(db_url, expected)
     finally:
         collector.stop()
         ingest.stop()
-    del service
     traces = get_json(f"{zipkin}/api/v2/traces?serviceName=worker-0&limit=10000&lookback=600000")
     ours = [t for t in traces if any(s.get("tags", {}).get("workflow.run_id") in expected
                                      for s in t)]  # fmt: skip
