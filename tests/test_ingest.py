@@ -319,6 +319,10 @@ def test_bad_requests_are_answered_and_never_stop_the_service(db_url: str, tmp_p
         assert post(server.url, b"{}", headers={"Authorization": TOKEN})[0] == 401
         # still serving
         assert post(server.url, b"{}", "application/json", auth)[0] == 200
+        request = urllib.request.Request(f"{server.url}/stats", headers=auth)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            stats = json.loads(response.read())
+        assert stats["requests"] == 1 and stats["committed_requests"] == 1
     finally:
         server.shutdown()
         sink.close()

@@ -101,4 +101,10 @@ def ingest(
     sys.stderr.flush()
     server.serve_forever()
     ok = sink.close()
-    click.echo(f"flowtel ingest: stopped ({'flushed' if ok else 'some rows spooled'})", err=True)
+    totals = sink.snapshot()
+    totals.pop("processors", None)
+    click.echo(
+        f"flowtel ingest: stopped ({'flushed' if ok else 'some rows spooled'}); "
+        + ", ".join(f"{k} {v}" for k, v in totals.items()),
+        err=True,
+    )

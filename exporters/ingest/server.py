@@ -8,7 +8,8 @@ encoding) once the rows are committed, an empty request included; 400 for a body
 decode or a content type OTLP does not define; 413 past ``max_body_bytes``; 429 (too many
 requests in flight) or 503 (rows not committed in time, or too much queued) with
 ``Retry-After`` so the collector backs off and retries; 401 without the bearer token when one
-is set (compared in constant time). A bad request is answered and forgotten: no error stops the
+is set (compared in constant time). ``GET /health`` answers 200 while serving; ``GET /stats``
+(token required too) gives the counters. A bad request is answered and forgotten: no error stops the
 service. It binds to loopback by default and refuses any other address without a token.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
 import threading
 from http import HTTPStatus
@@ -175,8 +177,15 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] in ("/", "/health"):
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/health"):
             self._plain(HTTPStatus.OK, "ok")
+        elif path == "/stats":  # counters: requests, spans, refusals, each writer's stats
+            if not self.server.ingest.authorized(self.headers.get("Authorization")):
+                self._refuse(HTTPStatus.UNAUTHORIZED, "a bearer token is required", bearer=True)
+                return
+            body = json.dumps(self.server.ingest.sink.snapshot(), default=str).encode()
+            self._send(HTTPStatus.OK, body, JSON)
         else:
             self._plain(HTTPStatus.NOT_FOUND, "not found")
 
