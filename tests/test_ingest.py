@@ -384,3 +384,46 @@ def test_the_command_refuses_a_public_address_without_a_token(tmp_path: Path) ->
     assert result.exit_code == 2 and "without a token" in result.output
     result = CliRunner().invoke(main, ["ingest", "--db", "not a url"])
     assert result.exit_code == 2
+
+
+def test_spans_built_with_the_plain_sdk_become_rows(ingest: IngestServer, db_url: str) -> None:
+    """No flowtel API at all: a plain SDK tracer setting the workflow.* attributes by hand."""
+    from opentelemetry.trace import Status, StatusCode
+
+    provider = TracerProvider(resource=Resource({"service.name": "plain"}))
+    exporter = OTLPSpanExporter(endpoint=f"{ingest.url}/v1/traces")
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer = provider.get_tracer("somebody-else")
+    run_id = str(uuid.uuid4())
+    with tracer.start_as_current_span(
+        "nightly_backup",
+        attributes={attr.RUN_ID: run_id, attr.RUN_NAME: "nightly_backup", attr.RUN_TOTAL_STEPS: 2},
+    ) as run:
+        with tracer.start_as_current_span(
+            "dump", attributes={attr.RUN_ID: run_id, attr.STEP_NAME: "dump", attr.STEP_INDEX: 1}
+        ):
+            pass
+        with tracer.start_as_current_span(
+            "upload", attributes={attr.RUN_ID: run_id, attr.STEP_NAME: "upload", attr.STEP_INDEX: 2}
+        ) as upload:
+            upload.record_exception(ConnectionError("bucket unreachable, password=swordfish"))
+            upload.set_attribute(attr.STEP_STATUS, "failed")
+            upload.set_status(Status(StatusCode.ERROR, "ConnectionError"))
+        run.set_attribute(attr.RUN_STATUS, "failed")
+        run.set_attribute(attr.ERROR_TYPE, "ConnectionError")
+        run.set_status(Status(StatusCode.ERROR, "upload failed"))
+    provider.shutdown()
+    (row,), steps = rows(db_url)
+    assert (row["run_id"], row["workflow_name"], row["status"]) == (
+        run_id,
+        "nightly_backup",
+        "failed",
+    )
+    assert row["error_type"] == "ConnectionError" and row["total_steps"] == 2
+    assert row["service_name"] == "plain" and row["steps_completed"] == 1
+    by_name = {s["step_name"]: s for s in steps}
+    assert by_name["dump"]["status"] == "completed"
+    assert by_name["upload"]["status"] == "failed"
+    assert by_name["upload"]["error_type"] == "ConnectionError"
+    assert "swordfish" not in by_name["upload"]["error_message"]
+    assert by_name["upload"]["error_message"].startswith("bucket unreachable")
