@@ -228,6 +228,9 @@ def configure(
     if mode not in ("database", "collector"):
         raise ValueError(f"history must be 'database' or 'collector', not {mode!r}")
     if mode == "collector":
+        if database_url is not None or processor_options:
+            ignored = ["database_url"] * (database_url is not None) + sorted(processor_options)
+            logger.warning("flowtel: history='collector' writes no rows here; ignored: %s", ignored)
         return _configure_collector_mode(
             service_name, service_version, resource_attributes, tracer_provider, sampler,
             OTLPSettings(otlp_protocol, otlp_endpoint, otlp_headers, otlp_timeout),

@@ -427,3 +427,27 @@ def test_spans_built_with_the_plain_sdk_become_rows(ingest: IngestServer, db_url
     assert by_name["upload"]["error_type"] == "ConnectionError"
     assert "swordfish" not in by_name["upload"]["error_message"]
     assert by_name["upload"]["error_message"].startswith("bucket unreachable")
+
+
+def test_collector_mode_opens_no_database_and_says_what_it_ignores(tmp_path: Path) -> None:
+    from tests.collector_support import run_child
+
+    db = tmp_path / "never.db"
+    code = f"""
+import logging, sys
+logging.basicConfig(stream=sys.stdout, level=logging.WARNING)
+from exporters import configure
+try:
+    configure(history="sometimes", logs=False)
+except ValueError as exc:
+    print("refused:", exc)
+handle = configure(history="collector", database_url="sqlite:///{db}", spool_dir="/x",
+                   otlp_endpoint="http://127.0.0.1:9", logs=False, metrics=False)
+print(repr(handle), handle.database_url)
+handle.shutdown(timeout_millis=1000)
+"""
+    out = run_child(code).stdout
+    assert "refused: history must be 'database' or 'collector'" in out
+    assert "ignored: ['database_url', 'spool_dir']" in out
+    assert "<Flowtel history=collector> flowtel-collector://" in out
+    assert not db.exists()
