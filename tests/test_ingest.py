@@ -451,3 +451,30 @@ handle.shutdown(timeout_millis=1000)
     assert "ignored: ['database_url', 'spool_dir']" in out
     assert "<Flowtel history=collector> flowtel-collector://" in out
     assert not db.exists()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_start_signal_after_its_runs_end_is_dropped_and_counted(
+    ingest: IngestServer, db_url: str
+) -> None:
+    """The collector does not keep order across batches: a late signal never reopens a run."""
+    trace_id, span_id, run_id = os.urandom(16).hex(), os.urandom(8).hex(), str(uuid.uuid4())
+    run = {
+        "traceId": trace_id,
+        "spanId": span_id,
+        "name": "late",
+        "startTimeUnixNano": "1700000000000000000",
+        "endTimeUnixNano": "1700000001000000000",
+        "attributes": kv(workflow__run_id=run_id, workflow__name="late"),
+    }
+    signal = {
+        **run,
+        "endTimeUnixNano": run["startTimeUnixNano"],
+        "attributes": kv(workflow__run_id=run_id, workflow__name="late", flowtel__signal="start"),
+    }
+    assert post(ingest.url, otlp_json("svc", [run]))[0] == 200
+    assert post(ingest.url, otlp_json("svc", [signal]))[0] == 200
+    (row,), _ = rows(db_url)
+    assert row["status"] == "completed" and row["duration_ms"] == 1000
+    assert ingest.sink.stats.late_signals_dropped == 1
+    assert ingest.sink.processor("svc").stats["active_runs"] == 0
