@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ from exporters.db.check import SchemaMismatchError, check_schema
 from exporters.db.engine import display_url, make_engine, resolve_database_url
 from exporters.errors import AlreadyConfiguredError
 from exporters.history.processor import WorkflowHistorySpanProcessor
+from exporters.ingest.forward import HistoryForwarder
 from exporters.telemetry.logs import configure_logging
 from exporters.telemetry.metrics import WorkflowMetricsSpanProcessor, install_metrics
 from exporters.telemetry.otlp import (
@@ -82,14 +84,18 @@ class _CountingExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
+COLLECTOR_URL = URL.create("flowtel-collector")
+"""``Flowtel.database_url`` in collector mode: no database in this process."""
+
+
 class Flowtel:
     """What :func:`configure` set up; flush or shut it down through this handle."""
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | None,
         tracer_provider: TracerProvider,
-        processor: WorkflowHistorySpanProcessor,
+        processor: WorkflowHistorySpanProcessor | HistoryForwarder,
         span_export: BatchSpanProcessor | None,
         owns_provider: bool,
         *,
@@ -135,8 +141,9 @@ class Flowtel:
 
     @property
     def database_url(self) -> URL:
-        """The history database's URL (display it with ``display_url``)."""
-        return self.engine.url
+        """The history database's URL (display it with ``display_url``); in collector mode,
+        where ``flowtel ingest`` writes the history, :data:`COLLECTOR_URL`."""
+        return COLLECTOR_URL if self.engine is None else self.engine.url
 
     def _budget(self, timeout_millis: int | None) -> float:
         return (self.shutdown_timeout * 1000 if timeout_millis is None else timeout_millis) / 1000
@@ -199,6 +206,8 @@ class Flowtel:
         return ok and all(done.values())
 
     def __repr__(self) -> str:
+        if self.engine is None:
+            return "<Flowtel history=collector>"
         return f"<Flowtel database={display_url(self.engine.url)!r}>"
 
 
@@ -266,6 +275,7 @@ def configure(
     logs: bool | str = True,
     log_level: int | str = "INFO",
     shutdown_timeout: float | None = None,
+    history: str | None = None,
     **processor_options: Any,
 ) -> Flowtel:
     """Record workflow history, and export traces and metrics, from this process.
@@ -307,6 +317,10 @@ def configure(
         log_level: the lowest structlog level written (default ``FLOWTEL_LOG_LEVEL`` or INFO).
         shutdown_timeout: seconds :meth:`Flowtel.shutdown` takes at most, also at interpreter
             exit (default: ``FLOWTEL_SHUTDOWN_TIMEOUT``, else 10).
+        history: ``"database"`` (write rows from this process) or ``"collector"`` (no
+            database: every workflow span, sampled or not, and a start signal per run go to
+            the OTLP collector, and ``flowtel ingest`` behind it writes the rows; see
+            docs/ingest.md). Default: ``FLOWTEL_HISTORY``, else ``"database"``.
         **processor_options: passed to :class:`WorkflowHistorySpanProcessor`, e.g.
             ``spool_dir`` (where rows wait while the database is unreachable; default
             ``FLOWTEL_SPOOL_DIR``, else beside the SQLite file or under the user's cache
@@ -335,7 +349,7 @@ def configure(
                 return handle
             raise AlreadyConfiguredError(
                 f"flowtel is already configured in this process (history in "
-                f"{display_url(handle.engine.url)}) with other arguments: call configure() "
+                f"{display_url(handle.database_url)}) with other arguments: call configure() "
                 "once, or call shutdown() on its handle before configuring again"
             )
         handle = _configure(arguments)
@@ -355,6 +369,18 @@ def _configure(arguments: dict[str, Any]) -> Flowtel:
     logs, log_level = arguments["logs"], arguments["log_level"]
     shutdown_timeout = arguments["shutdown_timeout"]
     processor_options = dict(arguments["processor_options"])
+    mode = (arguments["history"] or os.environ.get("FLOWTEL_HISTORY") or "database").strip().lower()
+    if mode not in ("database", "collector"):
+        raise ValueError(f"history must be 'database' or 'collector', not {mode!r}")
+    if mode == "collector":
+        if database_url is not None or processor_options:
+            ignored = ["database_url"] * (database_url is not None) + sorted(processor_options)
+            logger.warning("flowtel: history='collector' writes no rows here; ignored: %s", ignored)
+        return _configure_collector_mode(
+            service_name, service_version, resource_attributes, tracer_provider, sampler,
+            OTLPSettings(otlp_protocol, otlp_endpoint, otlp_headers, otlp_timeout),
+            metrics, meter_provider, metrics_interval, logs, log_level, shutdown_timeout,
+        )  # fmt: skip
     url = resolve_database_url(database_url)
     engine = make_engine(url)
     if processor_options.get("create_tables", True):
@@ -416,4 +442,56 @@ def _configure(arguments: dict[str, Any]) -> Flowtel:
     handle._counted = counted
     atexit.register(handle.shutdown)
     logger.debug("flowtel records workflow history to %s", display_url(url))
+    return handle
+
+
+def _configure_collector_mode(
+    service_name: str | None,
+    service_version: str | None,
+    resource_attributes: Mapping[str, Any] | None,
+    tracer_provider: TracerProvider | None,
+    sampler: Sampler | None,
+    settings: OTLPSettings,
+    metrics: bool | None,
+    meter_provider: otel_metrics.MeterProvider | None,
+    metrics_interval: float | None,
+    logs: bool | str,
+    log_level: int | str,
+    shutdown_timeout: float | None,
+) -> Flowtel:
+    """``configure(history="collector")``: spans and metrics over OTLP, no database."""
+    resource = make_resource(service_name, service_version, resource_attributes)
+    if logs is not False:
+        configure_logging("auto" if logs is True else str(logs), log_level)
+    span_exporter = settings.span_exporter()
+    span_export = BatchSpanProcessor(span_exporter)
+    forwarder = HistoryForwarder(span_export)
+    owns_provider = False
+    if tracer_provider is None:
+        tracer_provider, owns_provider = global_provider(
+            resource, AuditSampler(sampler or sampler_from_env())
+        )
+    tracer_provider.add_span_processor(forwarder)
+    own_meters: MeterProvider | None = None
+    metrics_processor = None
+    if metrics is not False:
+        interval = metrics_interval * 1000 if metrics_interval is not None else None
+        metrics_processor, own_meters = install_metrics(
+            tracer_provider, meter_provider, lambda: forwarder.stats, resource, settings, True,
+            interval,
+        )  # fmt: skip
+    tracer_provider.add_span_processor(span_export)
+    handle = Flowtel(
+        None,
+        tracer_provider,
+        forwarder,
+        span_export,
+        owns_provider,
+        span_exporter=span_exporter,
+        metrics_processor=metrics_processor,
+        meter_provider=own_meters,
+        shutdown_timeout=shutdown_timeout_from_env(shutdown_timeout),
+    )
+    atexit.register(handle.shutdown)
+    logger.debug("flowtel sends workflow history through the collector (flowtel ingest)")
     return handle

@@ -122,6 +122,7 @@ class Collector:
             "FLOWTEL_COLLECTOR_METRICS_PORT": str(own),
             "FLOWTEL_TRACES_BACKEND": f"127.0.0.1:{backend}",  # nothing listens: retried, dropped
             "FLOWTEL_TEST_COLLECTOR_OUT": str(self.out),
+            "FLOWTEL_COLLECTOR_STORAGE_DIR": str(workdir / "collector-storage"),
             "FLOWTEL_TEST_ZIPKIN_URL": zipkin_intake or f"http://127.0.0.1:{backend}/api/v2/spans",
         }
         self.process: subprocess.Popen[bytes] | None = None

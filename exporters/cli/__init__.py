@@ -15,6 +15,7 @@ import click
 from exporters.cli.db import db
 from exporters.cli.demo import demo
 from exporters.cli.history import runs, show
+from exporters.cli.ingest import ingest
 from exporters.cli.reap import reap
 from exporters.cli.spool import spool
 from exporters.cli.stats import stats
@@ -32,6 +33,7 @@ def main() -> None:
 
 main.add_command(db)
 main.add_command(demo)
+main.add_command(ingest)
 main.add_command(reap)
 main.add_command(runs)
 main.add_command(show)
