@@ -368,3 +368,25 @@ def test_damaged_and_torn_records_are_counted(tmp_path: Path) -> None:
     assert (result.rows, result.records_skipped) == (18, 2)
     assert counts(engine) == (9, 9)
     engine.dispose()
+
+
+def test_the_writer_counts_damaged_records_it_skips(tmp_path: Path) -> None:
+    """The writer's own start-up replay counts skipped records and bytes in its stats."""
+    url = f"sqlite:///{tmp_path}/h.db"
+    engine = make_engine(url)
+    path = spooled(engine, 10)
+    data = bytearray(path.read_bytes())
+    header_length = data.index(b"\n") + 1
+    data[data.index(b"flowtel_spool")] ^= 0x01
+    path.write_bytes(bytes(data))
+    processor = WorkflowHistorySpanProcessor(make_engine(url))
+    deadline = time.monotonic() + 30
+    while processor.stats["rows_replayed"] < 20:
+        assert time.monotonic() < deadline, processor.stats
+        time.sleep(0.05)
+    stats = processor.stats
+    assert (stats["spool_records_skipped"], stats["spool_bytes_skipped"]) == (1, header_length)
+    assert counts(engine) == (10, 10)
+    processor.shutdown(5_000)
+    processor.engine.dispose()
+    engine.dispose()

@@ -61,6 +61,8 @@ class WriterStats:
     spool_errors: int = 0
     rows_replayed: int = 0
     rows_rejected: int = 0
+    spool_records_skipped: int = 0
+    spool_bytes_skipped: int = 0
     rows_lost: int = 0
     durable_timeouts: int = 0
     heartbeats: int = 0

@@ -403,6 +403,8 @@ class HistoryWriter:
         elif kind == "replay":
             stats.rows_replayed = sum(r.rows_replayed for r in self.replayers)
             stats.rows_rejected = sum(r.rows_rejected for r in self.replayers)
+            stats.spool_records_skipped = sum(r.damage.records for r in self.replayers)
+            stats.spool_bytes_skipped = sum(r.damage.bytes for r in self.replayers)
             self._replay_due = self.unreplayed = value > 0
         elif kind == "beat":
             stats.heartbeats += 1
