@@ -302,3 +302,20 @@ def test_stats_unreachable_database_exits_3_without_the_password() -> None:
     assert result.exit_code == 3
     assert "flowtel:***@127.0.0.1:1" in result.output
     assert "s3cret-pw" not in result.output
+
+
+def test_legacy_success_rows_count_as_completed(db_url: str) -> None:
+    """The old system's ``success`` status counts as completed: in the rate and the durations."""
+    engine = make_engine(db_url)
+    create_schema(engine)
+    add(
+        engine,
+        [
+            run_row("legacy-1", status="success", duration_ms=2 * MINUTE),
+            run_row("legacy-2", status="failed", started_at=T0 + dt.timedelta(minutes=1)),
+        ],
+    )
+    totals = provisioning(HistoryStore(engine).stats(**WEEK)).totals
+    engine.dispose()
+    assert (totals.runs, totals.completed, totals.failed) == (2, 1, 1)
+    assert (totals.success_rate, totals.max_ms) == (0.5, 2 * MINUTE)

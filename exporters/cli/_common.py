@@ -6,14 +6,13 @@ masked and exit status 3, a ``--db`` that is not a database URL exit status 2 (s
 (``--older-than``) takes the grammar of :mod:`exporters.ops.durations`; :class:`When`
 (``--since``/``--until``) takes the same durations, counted back from now, or an ISO 8601 date
 or time (UTC unless it says otherwise).
-Tables go through a rich console that is wide enough to read when piped.
+Tables go through a rich console as wide as the terminal, or ``COLUMNS`` (80 by default) when piped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,8 +45,6 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_PIPED_WIDTH = 200
 
 NOTHING_RECORDED = "No runs recorded yet. Record some with: flowtel demo"
 """What reading commands say about a database with no history in it."""
@@ -194,11 +191,8 @@ class Duration(_TimedeltaParam):
 
 
 def make_console(*, stderr: bool = False) -> Console:
-    """A rich console on stdout (or stderr); 200 columns when piped and COLUMNS is unset."""
-    console = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = _PIPED_WIDTH
-    return console
+    """A rich console on stdout (or stderr): the terminal's width, else ``COLUMNS``, else 80."""
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
 def echo_json(data: Any) -> None:

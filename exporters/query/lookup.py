@@ -6,15 +6,18 @@ prefix through a range on the unique ``run_id`` index, with a ``LIKE`` fallback 
 that order differently). Candidates are re-checked in Python because MariaDB compares strings
 case-insensitively. A reference that finds nothing raises :class:`RunNotFoundError` with the
 closest recent id; a prefix of several runs raises :class:`AmbiguousRunError`.
+:func:`unique_prefixes` gives the short ids tables show: each one resolves, through
+:func:`find_run`, to the run it stands for.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, case, select
+from sqlalchemy import ColumnElement, Row, and_, case, or_, select
 from sqlalchemy.engine import Connection
 
 from exporters.db.schema import workflow_history
@@ -23,15 +26,21 @@ from exporters.query.records import MatchedBy
 
 __all__ = [
     "MIN_PREFIX_LENGTH",
+    "SHORT_ID_LENGTH",
     "AmbiguousRunError",
     "RunNotFoundError",
     "find_run",
     "newest_first",
+    "unique_prefixes",
 ]
 
 
+SHORT_ID_LENGTH = 8
+"""How many leading characters of a run id tables show, unless more are needed to be unique."""
+
 _SUGGESTION_POOL = 2000  # most recently written ids compared against an unknown reference
 _AMBIGUOUS_SHOWN = 10
+_PREFIX_BATCH = 100  # prefixes per query in unique_prefixes
 _H = workflow_history.c
 
 
@@ -86,6 +95,52 @@ def find_run(
         if rows:
             return rows[0], "prefix"
     raise RunNotFoundError(ref, _suggest(conn, ref))
+
+
+def _shared(a: str, b: str) -> int:
+    """How many leading characters *a* and *b* share."""
+    same = itertools.takewhile(lambda pair: pair[0] == pair[1], zip(a, b, strict=False))
+    return sum(1 for _ in same)
+
+
+def _matching(conn: Connection, prefixes: Sequence[str]) -> set[str]:
+    """The run ids that start with any of *prefixes* (re-checked: MariaDB ignores case)."""
+    found: set[str] = set()
+    for start in range(0, len(prefixes), _PREFIX_BATCH):
+        batch = prefixes[start : start + _PREFIX_BATCH]
+        query = select(_H.run_id).where(or_(*(and_(*_prefix_filters(p)) for p in batch)))
+        found.update(r for r in conn.scalars(query) if any(r.startswith(p) for p in batch))
+    return found
+
+
+def unique_prefixes(
+    conn: Connection, run_ids: Sequence[str], length: int = SHORT_ID_LENGTH
+) -> dict[str, str]:
+    """The shortest prefix of each run id, at least *length* long, that designates only it.
+
+    A shown prefix matches no other run id in the database, is no other run's exact id and no
+    workflow id, so ``flowtel show <prefix>`` opens the run it stands for. An id shorter than
+    *length*, or one that needs every character, is shown whole.
+    """
+    shown = {run_id: run_id[:length] for run_id in run_ids}
+    for _ in range(3):  # a workflow id equal to a prefix may need one more character
+        pending = sorted({p for r, p in shown.items() if p != r})
+        if not pending:
+            break
+        others = _matching(conn, pending)
+        for run_id, prefix in shown.items():
+            clashes = [o for o in others if o != run_id and o.startswith(prefix)]
+            if clashes:
+                need = max(_shared(run_id, o) for o in clashes) + 1
+                shown[run_id] = run_id[: min(len(run_id), need)]
+        prefixes = [p for r, p in shown.items() if p != r]
+        taken = set(conn.scalars(select(_H.workflow_id).where(_H.workflow_id.in_(prefixes))))
+        if not taken & set(prefixes):
+            break
+        for run_id, prefix in shown.items():
+            if prefix in taken and prefix != run_id:
+                shown[run_id] = run_id[: len(prefix) + 1]
+    return shown
 
 
 def _suggest(conn: Connection, ref: str) -> str | None:
