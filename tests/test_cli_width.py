@@ -220,3 +220,14 @@ def test_finished_run_without_a_duration_never_grows(tmp_path: Path) -> None:
     assert "…" not in second
     header = invoke_at(120, "show", "done-0002", "--db", url).output
     assert "so far" not in header
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_stats_fits_and_keeps_counts(db: str, width: int) -> None:
+    """stats fits the width and keeps every count and the failing step's start."""
+    result = invoke_at(width, "stats", "--db", db, "--since", "2026-10-01", "--by", "device_type")
+    assert result.exit_code == 0, result.output
+    _fits(result.output, width)
+    failing = next(line for line in result.output.splitlines() if re.match(r"\s*4\s+wait_", line))
+    assert re.search(r"\s1\s", failing), failing
+    assert "failed 1" in result.output
