@@ -21,6 +21,7 @@ from exporters.db.engine import DEFAULT_DATABASE_URL, display_url, make_engine
 from exporters.db.schema import create_schema, workflow_history, workflow_step_history
 from exporters.errors import (
     AmbiguousRunError,
+    DatabaseFileError,
     DatabaseURLError,
     FlowtelError,
     RunNotFoundError,
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "AmbiguousRunError",
     "AuditSampler",
+    "DatabaseFileError",
     "DatabaseURLError",
     "Flowtel",
     "FlowtelError",

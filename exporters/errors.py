@@ -14,6 +14,7 @@ from instrumentation.errors import FlowtelError
 __all__ = [
     "MIN_PREFIX_LENGTH",
     "AmbiguousRunError",
+    "DatabaseFileError",
     "DatabaseURLError",
     "FlowtelError",
     "RunNotFoundError",
@@ -98,3 +99,22 @@ class AmbiguousRunError(FlowtelError, LookupError):
         super().__init__(
             f"{ref!r} matches several runs ({', '.join(self.candidates)}); give more characters"
         )
+
+
+class DatabaseFileError(FlowtelError, OSError):
+    """The SQLite database file or its directory cannot be created or opened.
+
+    An :class:`OSError` (``errno`` and ``filename`` set from the cause), so existing handlers
+    still catch it; the message names the path and says what to do.
+    """
+
+    def __init__(self, path: str, cause: OSError) -> None:
+        reason = cause.strerror or type(cause).__name__
+        where = cause.filename if cause.filename is not None else path
+        super().__init__(
+            cause.errno,
+            f"cannot create the SQLite history database {path}: {reason}: {where}; choose a "
+            "directory this process can write to (--db sqlite:///<path> or "
+            "FLOWTEL_DATABASE_URL)",
+        )
+        self.filename = where

@@ -26,15 +26,18 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from exporters.cli.exit_status import ExitStatus
 from exporters.db.engine import DatabaseURLError, display_url, resolve_database_url
+from exporters.errors import DatabaseFileError
 from exporters.ops.durations import DURATION_FORMS, parse_duration
 from exporters.query.store import HistoryStore
 from instrumentation.redaction import mask_url_credentials
 
 __all__ = [
+    "MAX_LIMIT",
     "NOTHING_RECORDED",
     "BadDatabaseURL",
     "DatabaseUnavailable",
     "Duration",
+    "Utf8Text",
     "When",
     "database_errors",
     "db_option",
@@ -45,6 +48,9 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_LIMIT = 2**31 - 1
+"""The largest ``--limit`` every database accepts; a larger one is a usage error (status 2)."""
 
 NOTHING_RECORDED = "No runs recorded yet. Record some with: flowtel demo"
 """What reading commands say about a database with no history in it."""
@@ -83,11 +89,17 @@ def _reason(exc: BaseException, url: URL) -> str:
 
 @contextmanager
 def database_errors(url: str | URL | None) -> Iterator[None]:
-    """Turn database errors inside the block into exit status 3, database-URL errors into 2."""
+    """Turn database errors inside the block into exit status 3, database-URL errors into 2.
+
+    A SQLite file that cannot be created (:class:`~exporters.errors.DatabaseFileError`) is a
+    database unavailable too (3).
+    """
     try:
         yield
     except DatabaseURLError as exc:
         raise BadDatabaseURL(str(exc)) from None
+    except DatabaseFileError as exc:
+        raise DatabaseUnavailable(str(exc)) from None
     except SQLAlchemyError as exc:
         resolved = resolve_database_url(url)
         message = f"cannot use the history database {display_url(resolved)}"
@@ -171,6 +183,34 @@ class When(_DatetimeParam):
             return parse_when(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+if TYPE_CHECKING:
+    _StrParam = click.ParamType[str]
+else:
+    _StrParam = click.ParamType
+
+
+class Utf8Text(_StrParam):
+    """A click parameter for text: refuses bytes that are not UTF-8 and NUL characters.
+
+    A shell passes ``$'\\xff\\xfe'`` as bytes Python cannot encode again; rejected here, it is
+    a one-line usage error (status 2) instead of a traceback from the database driver.
+    """
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """Return *value* as text or fail naming what is wrong with it."""
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            self.fail(f"{shown!r} is not valid UTF-8 text", param, ctx)
+        if "\x00" in text:
+            self.fail(f"{text!r} contains a NUL character", param, ctx)
+        return text
 
 
 class Duration(_TimedeltaParam):

@@ -20,7 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from exporters.cli._common import (
+    MAX_LIMIT,
     NOTHING_RECORDED,
+    Utf8Text,
     When,
     db_option,
     echo_json,
@@ -65,14 +67,26 @@ _TIMELINE_MIN, _TIMELINE_MAX = 10, 50
 @click.option(
     "--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs with this status."
 )
-@click.option("--workflow", metavar="NAME", help="Only runs of this workflow name.")
-@click.option("--workflow-id", metavar="ID", help="Only runs of this logical workflow id.")
-@click.option("--server", "server_id", metavar="ID", help="Only runs about this server id.")
-@click.option("--device-type", metavar="TYPE", help="Only runs about this device type.")
+@click.option(
+    "--workflow", type=Utf8Text(), metavar="NAME", help="Only runs of this workflow name."
+)
+@click.option(
+    "--workflow-id", type=Utf8Text(), metavar="ID", help="Only runs of this logical workflow id."
+)
+@click.option(
+    "--server", "server_id", type=Utf8Text(), metavar="ID", help="Only runs about this server id."
+)
+@click.option(
+    "--device-type", type=Utf8Text(), metavar="TYPE", help="Only runs about this device type."
+)
 @click.option("--since", type=When(), help="Started at or after: 30m, 24h, 7d or 2026-11-01.")
 @click.option("--until", type=When(), help="Started before: 30m, 24h, 7d or 2026-11-01.")
 @click.option(
-    "--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Most runs to list."
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, MAX_LIMIT),
+    help="Most runs to list.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 def runs(
@@ -166,7 +180,7 @@ def _runs_table(found: list[RunSummary], console: Console, short: dict[str, str]
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", type=Utf8Text())
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run and its steps as JSON.")
 def show(run_ref: str, db: str | None, as_json: bool) -> None:

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from exporters.cli._common import (
     NOTHING_RECORDED,
+    Utf8Text,
     When,
     db_option,
     echo_json,
@@ -53,9 +54,10 @@ _STEP_MIN = 12  # a step name or error class keeps this much before its ellipsis
     help="Runs started at or after: 30m, 24h, 7d or 2026-11-01.",
 )
 @click.option("--until", type=When(), help="Runs started before (default: now).")
-@click.option("--workflow", metavar="NAME", help="Only this workflow name.")
+@click.option("--workflow", type=Utf8Text(), metavar="NAME", help="Only this workflow name.")
 @click.option(
     "--by",
+    type=Utf8Text(),
     metavar="KEY",
     help="Split runs by device_type, server_id, host, ... or any context key (server_ip).",
 )

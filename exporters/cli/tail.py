@@ -18,7 +18,14 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from exporters.cli._common import NOTHING_RECORDED, db_option, history_store, make_console
+from exporters.cli._common import (
+    MAX_LIMIT,
+    NOTHING_RECORDED,
+    Utf8Text,
+    db_option,
+    history_store,
+    make_console,
+)
 from exporters.cli._format import (
     KEY_COLUMN,
     compact_table,
@@ -105,7 +112,9 @@ def _cells(run: ActiveRun, now: dt.datetime, short_id: str) -> list[Text]:
 
 @click.command()
 @db_option
-@click.option("--workflow", metavar="NAME", help="Only runs of this workflow name.")
+@click.option(
+    "--workflow", type=Utf8Text(), metavar="NAME", help="Only runs of this workflow name."
+)
 @click.option(
     "--interval",
     default=2.0,
@@ -114,7 +123,11 @@ def _cells(run: ActiveRun, now: dt.datetime, short_id: str) -> list[Text]:
     help="Seconds between refreshes.",
 )
 @click.option(
-    "--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Most runs shown."
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, MAX_LIMIT),
+    help="Most runs shown.",
 )
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
 def tail(db: str | None, workflow: str | None, interval: float, limit: int, once: bool) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from exporters.history.capture import capture_end, capture_start
 from exporters.history.writer import HistoryWriter
 from exporters.spool.files import spool_directory
+from instrumentation.recording import history_processor_started, history_processor_stopped
 
 __all__ = ["WorkflowHistorySpanProcessor"]
 
@@ -125,6 +126,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = self._start_thread()
+        history_processor_started()  # workflows no longer warn that nothing records them
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
 
@@ -194,6 +196,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         self._hurry_at = time.monotonic() + max(timeout_millis, 0) / 2000
         flushed = self.force_flush(timeout_millis)
         self._shutdown = True
+        history_processor_stopped()
         self._stop.set()
         self._wake.set()
         self._thread.join(max(0.0, deadline - time.monotonic()))
