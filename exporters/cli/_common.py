@@ -28,6 +28,7 @@ from exporters.cli.exit_status import ExitStatus
 from exporters.db.engine import DatabaseURLError, display_url, resolve_database_url
 from exporters.errors import DatabaseFileError
 from exporters.ops.durations import DURATION_FORMS, parse_duration
+from exporters.query.records import json_value
 from exporters.query.store import HistoryStore
 from instrumentation.redaction import mask_url_credentials
 
@@ -236,5 +237,9 @@ def make_console(*, stderr: bool = False) -> Console:
 
 
 def echo_json(data: Any) -> None:
-    """Print *data* as indented JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Print *data* as indented JSON on stdout, every datetime in the one ISO 8601 UTC form.
+
+    Datetimes, records and dataclasses go through :func:`~exporters.query.records.json_value`,
+    so every command's ``--json`` writes ``2026-11-01T12:00:03.250000Z``.
+    """
+    click.echo(json.dumps(json_value(data), indent=2, ensure_ascii=False))

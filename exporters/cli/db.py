@@ -215,7 +215,7 @@ def prune_command(
         finally:
             engine.dispose()
     if as_json:
-        echo_json(result.to_json())
+        echo_json(result)  # the cut-off in the one --json time form
         return
     verb = "Would delete" if result.dry_run else "Deleted"
     which = f"{result.status} runs" if result.status else "runs"
