@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -22,6 +23,7 @@ from instrumentation import RunStatus
 __all__ = [
     "KEY_COLUMN",
     "STATUS_STYLES",
+    "Waterfall",
     "compact_table",
     "fit_table",
     "fmt_age",
@@ -152,6 +154,34 @@ def progress_bar(done: int, total: int, width: int = 10) -> Text:
     bar.append("░" * (width - filled), style="dim")
     bar.append(f" {done}/{total}")
     return bar
+
+
+class Waterfall:
+    """A :func:`waterfall_bar` drawn at the width its table column gives it.
+
+    It asks for ``min_width`` to ``max_width`` cells; rich decides, and the bar is drawn to
+    scale in whatever width the column gets, so no width is computed by hand.
+    """
+
+    def __init__(
+        self,
+        start_ms: float,
+        end_ms: float | None,
+        total_ms: float,
+        status: str,
+        *,
+        min_width: int = 10,
+        max_width: int = 50,
+    ) -> None:
+        self.start_ms, self.end_ms, self.total_ms, self.status = start_ms, end_ms, total_ms, status
+        self.min_width, self.max_width = min_width, max_width
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(self.min_width, self.max_width).with_maximum(options.max_width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(1, options.max_width)
+        yield waterfall_bar(self.start_ms, self.end_ms, self.total_ms, width, self.status)
 
 
 def waterfall_bar(

@@ -31,6 +31,7 @@ from exporters.cli._common import (
 )
 from exporters.cli._format import (
     KEY_COLUMN,
+    Waterfall,
     compact_table,
     fit_table,
     fmt_duration,
@@ -41,7 +42,6 @@ from exporters.cli._format import (
     status_text,
     text,
     truncate,
-    waterfall_bar,
 )
 from exporters.query.lookup import unique_prefixes
 from exporters.query.store import (
@@ -268,7 +268,7 @@ def _steps_table(detail: RunDetail, now: dt.datetime, console: Console) -> Table
     """Every step attempt, one line each, its status in words whatever the width or colour.
 
     The index, step, attempt, status and duration keep their width; the timeline and the
-    message share the rest (the timeline at most 50 cells).
+    message share the rest, and each bar is drawn to scale in the width its column gets.
     """
     start, total_ms = _axis(detail, now)
     title = f"Steps — timeline 0 → {fmt_duration(total_ms)}" if total_ms else "Steps"
@@ -279,18 +279,17 @@ def _steps_table(detail: RunDetail, now: dt.datetime, console: Console) -> Table
     table.add_column("try", justify="right", **key)
     table.add_column("status", min_width=max(len(s) for s in StepStatus), **key)
     table.add_column("duration", justify="right", min_width=_DURATION_WIDTH, **key)
-    table.add_column("timeline", ratio=2, max_width=_TIMELINE_MAX, **key)
+    table.add_column("timeline", ratio=2, min_width=_TIMELINE_MIN, max_width=_TIMELINE_MAX, **key)
     table.add_column("message", ratio=3, **key)
-    # The bars are drawn to the width their column gets: as wide as the space left allows.
-    used = sum(len(h) for h in ("#", "try", "status")) + _STEP_MIN + _DURATION_WIDTH + 20
-    width = max(_TIMELINE_MIN, min(_TIMELINE_MAX, (console.width - used) * 2 // 8))
     for step in detail.steps:
-        bar = Text("")
+        bar: Text | Waterfall = Text("")
         if start is not None and step.started_at is not None:
             begin = (step.started_at - start).total_seconds() * 1000
             open_ = step.status == StepStatus.RUNNING and step.completed_at is None
             end = None if open_ else begin + (step.duration_ms or 0)
-            bar = waterfall_bar(begin, end, total_ms, width, step.status)
+            bar = Waterfall(
+                begin, end, total_ms, step.status, min_width=_TIMELINE_MIN, max_width=_TIMELINE_MAX
+            )
         table.add_row(
             text(step.step_index),
             text(step.step_name),
