@@ -88,6 +88,15 @@ def test_a_filter_that_is_not_text_is_one_line(db: str) -> None:
     assert (done.returncode, "not valid UTF-8" in one_line_error(done)) == (2, True)
 
 
+@pytest.mark.parametrize("driver", ["postgresql+psycopg", "mysql+pymysql"])
+def test_a_host_name_the_resolver_refuses_is_one_line(driver: str) -> None:
+    """A host label over 63 characters is a database that cannot be reached: status 3."""
+    done = flowtel("runs", "--db", f"{driver}://u:s3cret@{'a' * 70}.example/x")
+    assert done.returncode == 3
+    error = one_line_error(done)
+    assert ("cannot use the history database" in error, "s3cret" in error) == (True, False)
+
+
 def _unwritable_directory(tmp_path: Path) -> Path:
     """A directory this process cannot create files in (root ignores modes: use /sys)."""
     if os.geteuid() == 0:

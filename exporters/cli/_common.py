@@ -73,6 +73,7 @@ def db_option(func: F) -> F:
     """Add the ``--db URL`` option (passed to the command as ``db``)."""
     return click.option(
         "--db",
+        type=Utf8Text(),
         metavar="URL",
         default=None,
         help="History database URL (default: $FLOWTEL_DATABASE_URL, else sqlite:///flowtel.db).",
@@ -101,6 +102,10 @@ def database_errors(url: str | URL | None) -> Iterator[None]:
         raise BadDatabaseURL(str(exc)) from None
     except DatabaseFileError as exc:
         raise DatabaseUnavailable(str(exc)) from None
+    except UnicodeError as exc:  # a host name the resolver refuses (a label over 63 characters)
+        resolved = resolve_database_url(url)
+        message = f"cannot use the history database {display_url(resolved)}"
+        raise DatabaseUnavailable(f"{message}: {_reason(exc, resolved)}") from None
     except SQLAlchemyError as exc:
         resolved = resolve_database_url(url)
         message = f"cannot use the history database {display_url(resolved)}"
@@ -208,7 +213,7 @@ class Utf8Text(_StrParam):
             text.encode("utf-8")
         except UnicodeEncodeError:
             shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            self.fail(f"{shown!r} is not valid UTF-8 text", param, ctx)
+            self.fail(f"'{shown}' is not valid UTF-8 text", param, ctx)
         if "\x00" in text:
             self.fail(f"{text!r} contains a NUL character", param, ctx)
         return text
