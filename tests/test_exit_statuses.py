@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.engine import make_url
 
 from exporters.cli import main
 from exporters.db.engine import make_engine
@@ -229,3 +230,20 @@ def test_demo_with_the_collector_down_reports_instead_of_dumping(tmp_path: Path)
     assert len(exports) == 1, done.stderr
     assert "OTLP export failed" in exports[0]
     assert "every run is in the history database" in exports[0]
+
+
+def test_demo_on_a_server_database_hints_with_the_variable(db_url: str) -> None:
+    """With a password in --db, the hints name $FLOWTEL_DATABASE_URL: no password, no ***."""
+    done = flowtel(
+        "demo", "--runs", "2", "--step-delay", "0", "--failure-rate", "1", "--db", db_url
+    )
+    assert done.returncode == 0, done.stderr
+    hints = done.stdout.split("Next:")[1]
+    password = make_url(db_url).password
+    if password is None:  # the SQLite case: the URL as given
+        assert f"--db {shlex.quote(db_url)}" in hints
+        return
+    assert hints.count('--db "$FLOWTEL_DATABASE_URL"') == 2
+    assert "FLOWTEL_DATABASE_URL set to the URL you gave --db" in hints
+    assert f":{password}@" not in done.stdout + done.stderr
+    assert "***" not in hints

@@ -226,6 +226,8 @@ def _print_summary(summary: DemoSummary, shown: str, db: str | None, flushed: bo
         )
     db_arg = db_argument(db)
     console.print("\nNext:", style="bold")
+    if "$FLOWTEL_DATABASE_URL" in db_arg:
+        console.print("  (with FLOWTEL_DATABASE_URL set to the URL you gave --db)", style="dim")
     if summary.failed_run_ids:
         console.print(f"  flowtel runs --status failed{db_arg}", markup=False, soft_wrap=True)
         console.print(
