@@ -104,17 +104,20 @@ class AmbiguousRunError(FlowtelError, LookupError):
 class DatabaseFileError(FlowtelError, OSError):
     """The SQLite database file or its directory cannot be created or opened.
 
-    An :class:`OSError` (``errno`` and ``filename`` set from the cause), so existing handlers
-    still catch it; the message names the path and says what to do.
+    An :class:`OSError` (``errno`` from the cause), so existing handlers still catch it; the
+    message names the path and says what to do.
+
+    Attributes:
+        path: the database file flowtel was asked to use.
     """
 
     def __init__(self, path: str, cause: OSError) -> None:
         reason = cause.strerror or type(cause).__name__
-        where = cause.filename if cause.filename is not None else path
+        where = f" ({cause.filename})" if cause.filename not in (None, path) else ""
         super().__init__(
-            cause.errno,
-            f"cannot create the SQLite history database {path}: {reason}: {where}; choose a "
+            f"cannot create the SQLite history database {path}: {reason}{where}; choose a "
             "directory this process can write to (--db sqlite:///<path> or "
-            "FLOWTEL_DATABASE_URL)",
+            "FLOWTEL_DATABASE_URL)"
         )
-        self.filename = where
+        self.errno = cause.errno
+        self.path = path
