@@ -13,11 +13,21 @@ closest recent id; a prefix of several runs raises :class:`AmbiguousRunError`.
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, case, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Row,
+    bindparam,
+    case,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.engine import Connection
 
 from exporters.db.schema import workflow_history
@@ -40,7 +50,9 @@ SHORT_ID_LENGTH = 8
 
 _SUGGESTION_POOL = 2000  # most recently written ids compared against an unknown reference
 _AMBIGUOUS_SHOWN = 10
-_PREFIX_BATCH = 100  # prefixes per query in unique_prefixes
+_CLASH_PROBE = 11  # run ids read per prefix tried in unique_prefixes
+_IN_BATCH = 500  # values per IN (...) list
+_PROBE_BATCH = 10  # prefixes per statement: small enough to compile fast, few round trips
 _H = workflow_history.c
 
 
@@ -103,13 +115,54 @@ def _shared(a: str, b: str) -> int:
     return sum(1 for _ in same)
 
 
-def _matching(conn: Connection, prefixes: Sequence[str]) -> set[str]:
-    """The run ids that start with any of *prefixes* (re-checked: MariaDB ignores case)."""
+@functools.cache
+def _probe(size: int) -> Executable:
+    """*size* range seeks on the run_id index in one statement: ``(run_id, k)`` rows.
+
+    Probe ``k`` reads at most :data:`_CLASH_PROBE` ids in ``[l<k>, h<k>)``; built once per
+    size, so it compiles once.
+    """
+    parts = []
+    for k in range(size):
+        seek = select(_H.run_id.label("run_id")).where(
+            _H.run_id >= bindparam(f"l{k}"), _H.run_id < bindparam(f"h{k}")
+        )
+        sub = seek.limit(_CLASH_PROBE).subquery()
+        parts.append(select(sub.c.run_id, literal(k).label("k")))
+    return union_all(*parts)
+
+
+def _lengthen(conn: Connection, shown: dict[str, str], run_ids: Sequence[str]) -> None:
+    """Lengthen the prefixes of *run_ids* in *shown* until no other run id starts with one."""
+    pending = [r for r in run_ids if shown[r] != r]
+    while pending:
+        clashes: dict[str, list[str]] = {}
+        for start in range(0, len(pending), _PROBE_BATCH):
+            batch = pending[start : start + _PROBE_BATCH]
+            padded = batch + [batch[-1]] * (_PROBE_BATCH - len(batch))
+            params: dict[str, str] = {}
+            for k, run_id in enumerate(padded):
+                prefix = shown[run_id]
+                params[f"l{k}"] = prefix
+                params[f"h{k}"] = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF))
+            for other, k in conn.execute(_probe(_PROBE_BATCH), params):
+                run_id = padded[k]
+                # re-checked in Python: MariaDB compares strings case-insensitively
+                if other != run_id and other.startswith(shown[run_id]):
+                    clashes.setdefault(run_id, []).append(other)
+        for run_id, others in clashes.items():
+            need = max(_shared(run_id, other) for other in others) + 1
+            shown[run_id] = run_id[: min(len(run_id), need)]
+        pending = [r for r in clashes if shown[r] != r]
+
+
+def _workflow_ids(conn: Connection, values: Sequence[str]) -> set[str]:
+    """Which of *values* are some run's workflow id (exactly, whatever the collation)."""
     found: set[str] = set()
-    for start in range(0, len(prefixes), _PREFIX_BATCH):
-        batch = prefixes[start : start + _PREFIX_BATCH]
-        query = select(_H.run_id).where(or_(*(and_(*_prefix_filters(p)) for p in batch)))
-        found.update(r for r in conn.scalars(query) if any(r.startswith(p) for p in batch))
+    for start in range(0, len(values), _IN_BATCH):
+        batch = values[start : start + _IN_BATCH]
+        query = select(_H.workflow_id).where(_H.workflow_id.in_(batch))
+        found.update(w for w in conn.scalars(query) if w in batch)
     return found
 
 
@@ -120,26 +173,21 @@ def unique_prefixes(
 
     A shown prefix matches no other run id in the database, is no other run's exact id and no
     workflow id, so ``flowtel show <prefix>`` opens the run it stands for. An id shorter than
-    *length*, or one that needs every character, is shown whole.
+    *length*, or one that needs every character, is shown whole. Each id costs one seek on the
+    ``run_id`` index (more only when prefixes clash), :data:`_PROBE_BATCH` seeks a statement,
+    plus one batched workflow-id check.
     """
     shown = {run_id: run_id[:length] for run_id in run_ids}
-    for _ in range(3):  # a workflow id equal to a prefix may need one more character
-        pending = sorted({p for r, p in shown.items() if p != r})
-        if not pending:
+    _lengthen(conn, shown, list(shown))
+    for _ in range(3):  # a prefix that is some workflow id takes one more character
+        prefixes = sorted({p for r, p in shown.items() if p != r})
+        taken = _workflow_ids(conn, prefixes)
+        longer = [r for r, p in shown.items() if p in taken and p != r]
+        if not longer:
             break
-        others = _matching(conn, pending)
-        for run_id, prefix in shown.items():
-            clashes = [o for o in others if o != run_id and o.startswith(prefix)]
-            if clashes:
-                need = max(_shared(run_id, o) for o in clashes) + 1
-                shown[run_id] = run_id[: min(len(run_id), need)]
-        prefixes = [p for r, p in shown.items() if p != r]
-        taken = set(conn.scalars(select(_H.workflow_id).where(_H.workflow_id.in_(prefixes))))
-        if not taken & set(prefixes):
-            break
-        for run_id, prefix in shown.items():
-            if prefix in taken and prefix != run_id:
-                shown[run_id] = run_id[: len(prefix) + 1]
+        for run_id in longer:
+            shown[run_id] = run_id[: len(shown[run_id]) + 1]
+        _lengthen(conn, shown, longer)
     return shown
 
 
