@@ -22,6 +22,7 @@ from exporters.db.schema import create_schema, workflow_history, workflow_step_h
 from exporters.errors import (
     AlreadyConfiguredError,
     AmbiguousRunError,
+    DatabaseFileError,
     DatabaseURLError,
     FlowtelError,
     RunNotFoundError,
@@ -45,6 +46,7 @@ __all__ = [
     "AlreadyConfiguredError",
     "AmbiguousRunError",
     "AuditSampler",
+    "DatabaseFileError",
     "DatabaseURLError",
     "Flowtel",
     "FlowtelError",

@@ -15,6 +15,7 @@ __all__ = [
     "MIN_PREFIX_LENGTH",
     "AlreadyConfiguredError",
     "AmbiguousRunError",
+    "DatabaseFileError",
     "DatabaseURLError",
     "FlowtelError",
     "RunNotFoundError",
@@ -126,3 +127,25 @@ class SpoolDirectoryError(FlowtelError, PermissionError):
             "holds, then chown it to this user and `chmod 700` it, or set FLOWTEL_SPOOL_DIR "
             "elsewhere (a file planted there would be replayed into the workflow history)"
         )
+
+
+class DatabaseFileError(FlowtelError, OSError):
+    """The SQLite database file or its directory cannot be created or opened.
+
+    An :class:`OSError` (``errno`` from the cause), so existing handlers still catch it; the
+    message names the path and says what to do.
+
+    Attributes:
+        path: the database file flowtel was asked to use.
+    """
+
+    def __init__(self, path: str, cause: OSError) -> None:
+        reason = cause.strerror or type(cause).__name__
+        where = f" ({cause.filename})" if cause.filename not in (None, path) else ""
+        super().__init__(
+            f"cannot create the SQLite history database {path}: {reason}{where}; choose a "
+            "directory this process can write to (--db sqlite:///<path> or "
+            "FLOWTEL_DATABASE_URL)"
+        )
+        self.errno = cause.errno
+        self.path = path

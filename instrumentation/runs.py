@@ -40,6 +40,7 @@ from ._validation import (
 )
 from .attributes import RunStatus, StepStatus
 from .clean import clean_error_type, clean_message
+from .recording import warn_if_nothing_records
 from .steps import StepRun, StepScope
 
 __all__ = ["RunScope", "WorkflowRun", "current_run", "workflow_run"]
@@ -206,6 +207,7 @@ class RunScope(AsyncScope[WorkflowRun]):
         self._tokens: tuple[object, contextvars.Token[WorkflowRun | None]] | None = None
 
     def __enter__(self) -> WorkflowRun:
+        warn_if_nothing_records(self._name)
         tracer = get_tracer(self._tracer_provider)
         clean_context, attributes = context_attributes(self._context)
         attributes[attr.RUN_ID] = self._run_id

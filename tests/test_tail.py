@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
+from exporters.cli import main
 from exporters.db.engine import make_engine
 from exporters.db.schema import create_schema
 from exporters.query.store import HistoryStore
@@ -136,3 +138,16 @@ def test_ctrl_c_ends_the_live_view_with_status_0(engine: Engine) -> None:
     assert (frames, child.returncode) == (2, 0)
     assert "Traceback" not in stderr
     assert "Aborted" not in stderr
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_frame_keeps_id_status_progress_and_ages_at_every_width(engine: Engine, width: int) -> None:
+    """Each active run's line has its id, status, progress count, age and last write."""
+    url = str(engine.url)
+    result = CliRunner(env={"COLUMNS": str(width)}).invoke(main, ["tail", "--once", "--db", url])
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= width
+    line = next(line for line in result.output.splitlines() if "run-old" in line)
+    assert ("running" in line, "17/23" in line) == (True, True)
+    assert re.search(r"\b30m 0\ds\b", line), line
+    assert re.search(r"\b\d+s ago\b", line), line

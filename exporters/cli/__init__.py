@@ -5,15 +5,19 @@
 :mod:`exporters.cli.demo`, ``runs`` and ``show`` in :mod:`exporters.cli.history`, ``stats`` in
 :mod:`exporters.cli.stats`, ``tail`` in :mod:`exporters.cli.tail`. Database
 problems end with one line naming the database (password masked) and exit status 3; an unknown
-run ends with exit status 1.
+run ends with exit status 1; Ctrl-C with ``Interrupted.`` and exit status 130 (``tail``, a live
+view, ends with 0).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
 from exporters.cli.db import db
 from exporters.cli.demo import demo
+from exporters.cli.exit_status import ExitStatus
 from exporters.cli.history import runs, show
 from exporters.cli.ingest import ingest
 from exporters.cli.reap import reap
@@ -25,7 +29,18 @@ from instrumentation import __version__
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _FlowtelGroup(click.Group):
+    """The ``flowtel`` group: Ctrl-C ends any command with one line and exit status 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(int(ExitStatus.INTERRUPTED))
+
+
+@click.group(cls=_FlowtelGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="flowtel")
 def main() -> None:
     """flowtel: workflow runs recorded as SQL history and OpenTelemetry traces."""

@@ -6,14 +6,13 @@ masked and exit status 3, a ``--db`` that is not a database URL exit status 2 (s
 (``--older-than``) takes the grammar of :mod:`exporters.ops.durations`; :class:`When`
 (``--since``/``--until``) takes the same durations, counted back from now, or an ISO 8601 date
 or time (UTC unless it says otherwise).
-Tables go through a rich console that is wide enough to read when piped.
+Tables go through a rich console as wide as the terminal, or ``COLUMNS`` (80 by default) when piped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,15 +27,19 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from exporters.cli.exit_status import ExitStatus
 from exporters.db.engine import DatabaseURLError, display_url, make_engine, resolve_database_url
 from exporters.db.schema import workflow_history, workflow_step_history
+from exporters.errors import DatabaseFileError
 from exporters.ops.durations import DURATION_FORMS, parse_duration
+from exporters.query.records import json_value
 from exporters.query.store import HistoryStore
 from instrumentation.redaction import mask_url_credentials
 
 __all__ = [
+    "MAX_LIMIT",
     "NOTHING_RECORDED",
     "BadDatabaseURL",
     "DatabaseUnavailable",
     "Duration",
+    "Utf8Text",
     "When",
     "database_errors",
     "db_option",
@@ -48,7 +51,8 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_PIPED_WIDTH = 200
+MAX_LIMIT = 2**31 - 1
+"""The largest ``--limit`` every database accepts; a larger one is a usage error (status 2)."""
 
 NOTHING_RECORDED = "No runs recorded yet. Record some with: flowtel demo"
 """What reading commands say about a database with no history in it."""
@@ -70,6 +74,7 @@ def db_option(func: F) -> F:
     """Add the ``--db URL`` option (passed to the command as ``db``)."""
     return click.option(
         "--db",
+        type=Utf8Text(),
         metavar="URL",
         default=None,
         help="History database URL (default: $FLOWTEL_DATABASE_URL, else sqlite:///flowtel.db).",
@@ -87,11 +92,21 @@ def _reason(exc: BaseException, url: URL) -> str:
 
 @contextmanager
 def database_errors(url: str | URL | None) -> Iterator[None]:
-    """Turn database errors inside the block into exit status 3, database-URL errors into 2."""
+    """Turn database errors inside the block into exit status 3, database-URL errors into 2.
+
+    A SQLite file that cannot be created (:class:`~exporters.errors.DatabaseFileError`) is a
+    database unavailable too (3).
+    """
     try:
         yield
     except DatabaseURLError as exc:
         raise BadDatabaseURL(str(exc)) from None
+    except DatabaseFileError as exc:
+        raise DatabaseUnavailable(str(exc)) from None
+    except UnicodeError as exc:  # a host name the resolver refuses (a label over 63 characters)
+        resolved = resolve_database_url(url)
+        message = f"cannot use the history database {display_url(resolved)}"
+        raise DatabaseUnavailable(f"{message}: {_reason(exc, resolved)}") from None
     except SQLAlchemyError as exc:
         resolved = resolve_database_url(url)
         message = f"cannot use the history database {display_url(resolved)}"
@@ -201,6 +216,34 @@ class When(_DatetimeParam):
             self.fail(str(exc), param, ctx)
 
 
+if TYPE_CHECKING:
+    _StrParam = click.ParamType[str]
+else:
+    _StrParam = click.ParamType
+
+
+class Utf8Text(_StrParam):
+    """A click parameter for text: refuses bytes that are not UTF-8 and NUL characters.
+
+    A shell passes ``$'\\xff\\xfe'`` as bytes Python cannot encode again; rejected here, it is
+    a one-line usage error (status 2) instead of a traceback from the database driver.
+    """
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """Return *value* as text or fail naming what is wrong with it."""
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            self.fail(f"'{shown}' is not valid UTF-8 text", param, ctx)
+        if "\x00" in text:
+            self.fail(f"{text!r} contains a NUL character", param, ctx)
+        return text
+
+
 class Duration(_TimedeltaParam):
     """A click parameter for :func:`exporters.ops.durations.parse_duration` (``--older-than``)."""
 
@@ -219,13 +262,14 @@ class Duration(_TimedeltaParam):
 
 
 def make_console(*, stderr: bool = False) -> Console:
-    """A rich console on stdout (or stderr); 200 columns when piped and COLUMNS is unset."""
-    console = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = _PIPED_WIDTH
-    return console
+    """A rich console on stdout (or stderr): the terminal's width, else ``COLUMNS``, else 80."""
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
 def echo_json(data: Any) -> None:
-    """Print *data* as indented JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Print *data* as indented JSON on stdout, every datetime in the one ISO 8601 UTC form.
+
+    Datetimes, records and dataclasses go through :func:`~exporters.query.records.json_value`,
+    so every command's ``--json`` writes ``2026-11-01T12:00:03.250000Z``.
+    """
+    click.echo(json.dumps(json_value(data), indent=2, ensure_ascii=False))

@@ -12,14 +12,24 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.table import Table
 from rich.text import Text
 
+from instrumentation import RunStatus
+
 __all__ = [
+    "KEY_COLUMN",
     "STATUS_STYLES",
-    "fit_widths",
+    "Waterfall",
+    "compact_table",
+    "fit_table",
     "fmt_age",
     "fmt_duration",
     "fmt_rate",
+    "fmt_started",
     "fmt_time",
     "log_line",
     "progress_bar",
@@ -41,6 +51,8 @@ STATUS_STYLES = {
     "abandoned": "red",
 }
 """Console style of each run and step status."""
+
+_ACTIVE = frozenset({RunStatus.RUNNING, RunStatus.PENDING})
 
 
 def fmt_time(value: dt.datetime | None) -> str:
@@ -80,15 +92,41 @@ def fmt_rate(rate: float | None) -> str:
 
 
 def run_duration_ms(
-    duration_ms: int | None, started_at: dt.datetime | None, now: dt.datetime | None = None
+    duration_ms: int | None,
+    started_at: dt.datetime | None,
+    now: dt.datetime | None = None,
+    *,
+    status: str,
+    completed_at: dt.datetime | None = None,
 ) -> tuple[float | None, bool]:
-    """The recorded duration, else the time elapsed since the start: ``(ms, still_open)``."""
+    """How long a run (or attempt) took: ``(ms, still_open)``.
+
+    The recorded duration first; for a finished run without one, ``completed_at - started_at``
+    (or unknown): only a run still ``running`` or ``pending`` shows the time since its start,
+    so a finished run never shows a growing duration.
+    """
     if duration_ms is not None:
         return float(duration_ms), False
     if started_at is None:
         return None, False
+    if status not in _ACTIVE:
+        if completed_at is None:
+            return None, False
+        return max(0.0, (completed_at - started_at).total_seconds() * 1000), False
     now = now or dt.datetime.now(dt.UTC)
     return max(0.0, (now - started_at).total_seconds() * 1000), True
+
+
+def fmt_started(values: Sequence[dt.datetime | None], *, with_date: bool) -> list[str]:
+    """Start times in UTC for a table column: always the time of day.
+
+    With *with_date* each carries its full date (``2026-11-01 12:00:03``); without it, the time
+    of day alone (``12:00:03``) when all of them fall on one day, else ``11-01 12:00:03``.
+    """
+    utc = [v.astimezone(dt.UTC) if v is not None else None for v in values]
+    days = {v.date() for v in utc if v is not None}
+    form = "%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S" if len(days) <= 1 else "%m-%d %H:%M:%S"
+    return [v.strftime(form) if v is not None else "" for v in utc]
 
 
 def truncate(value: str | None, width: int) -> str:
@@ -118,6 +156,34 @@ def progress_bar(done: int, total: int, width: int = 10) -> Text:
     return bar
 
 
+class Waterfall:
+    """A :func:`waterfall_bar` drawn at the width its table column gives it.
+
+    It asks for ``min_width`` to ``max_width`` cells; rich decides, and the bar is drawn to
+    scale in whatever width the column gets, so no width is computed by hand.
+    """
+
+    def __init__(
+        self,
+        start_ms: float,
+        end_ms: float | None,
+        total_ms: float,
+        status: str,
+        *,
+        min_width: int = 10,
+        max_width: int = 50,
+    ) -> None:
+        self.start_ms, self.end_ms, self.total_ms, self.status = start_ms, end_ms, total_ms, status
+        self.min_width, self.max_width = min_width, max_width
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(self.min_width, self.max_width).with_maximum(options.max_width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(1, options.max_width)
+        yield waterfall_bar(self.start_ms, self.end_ms, self.total_ms, width, self.status)
+
+
 def waterfall_bar(
     start_ms: float, end_ms: float | None, total_ms: float, width: int, status: str
 ) -> Text:
@@ -144,18 +210,29 @@ def waterfall_bar(
     return bar
 
 
-def fit_widths(widths: list[int], flexible: Sequence[int], available: int) -> list[int]:
-    """Column widths that fit *available* cells, narrowing the widest *flexible* column first.
+KEY_COLUMN: dict[str, Any] = {"no_wrap": True, "overflow": "ellipsis"}
+"""Column options of every table cell: one line per row, an ellipsis where text is cut."""
 
-    Flexible columns keep at least 6 cells; the others keep their width whatever happens.
+
+_UNBOUNDED = 100_000  # a width no table reaches: measures a table's natural width
+
+
+def compact_table(**options: Any) -> Table:
+    """A table with a rule under its header, no outer edge and two spaces between columns."""
+    return Table(
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, **options
+    )
+
+
+def fit_table(table: Table, console: Console) -> Table:
+    """Let the ``ratio`` columns share the width the others leave when *table* is too wide.
+
+    Rich then gives the columns without a ratio their natural width (at least their
+    ``min_width``) and divides the rest between the ratio columns, which end in an ellipsis.
     """
-    fitted = list(widths)
-    for _ in range(max(0, sum(fitted) - available)):
-        widest = max(flexible, key=lambda i: fitted[i])
-        if fitted[widest] <= 6:
-            break
-        fitted[widest] -= 1
-    return fitted
+    natural = console.measure(table, options=console.options.update_width(_UNBOUNDED)).maximum
+    table.expand = natural > console.width
+    return table
 
 
 def log_line(entry: Any) -> Text:

@@ -11,19 +11,32 @@ file. Database errors exit with status 3 and a one-line message with the passwor
 from __future__ import annotations
 
 import datetime as dt
+import shlex
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from sqlalchemy import inspect
 
-from exporters.cli._common import Duration, database_errors, db_option, echo_json
+from exporters.cli._common import Duration, database_errors, db_option, echo_json, make_console
 from exporters.db import migrations
 from exporters.db.check import SchemaDifference, SchemaReport, check_schema
 from exporters.db.engine import display_url, make_engine, make_read_engine, resolve_database_url
 from exporters.db.schema import metadata
 from exporters.ops.retention import prune
+from instrumentation import RunStatus
 
-__all__ = ["db"]
+__all__ = ["db", "prune_progress"]
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
@@ -151,7 +164,11 @@ def check(db: str | None, as_json: bool) -> None:
     type=Duration(),
     help="Minimum age of a run: a duration such as 90d, 12w or 36h.",
 )
-@click.option("--status", help="Only runs with this status (completed, failed ...).")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in RunStatus]),
+    help="Only runs with this status.",
+)
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @_json_option
@@ -165,8 +182,9 @@ def prune_command(
 ) -> None:
     """Delete runs that started before now minus --older-than, with their steps.
 
-    Deletes in batches of --batch-size runs, one transaction each. Running and pending runs
-    are never deleted.
+    Deletes in batches of --batch-size runs, one transaction each, with a progress bar on a
+    terminal. Running and pending runs are never deleted. Afterwards it says how to give the
+    freed space back to the disk (SQLite: VACUUM).
     """
     if status in ("running", "pending"):
         raise click.BadParameter("running and pending runs are never pruned", param_hint="--status")
@@ -180,11 +198,24 @@ def prune_command(
             if not inspect(engine).has_table("workflow_history"):
                 click.echo(f"Nothing to prune: {display_url(engine.url)} has no history tables.")
                 return
-            result = prune(engine, older_than, status, batch_size, dry_run=dry_run)
+            if dry_run or not _stderr_is_terminal():
+                result = prune(engine, older_than, status, batch_size, dry_run=dry_run)
+            else:
+                total = prune(engine, older_than, status, dry_run=True).runs_deleted
+                with prune_progress(total) as advance:
+                    result = prune(
+                        engine,
+                        older_than,
+                        status,
+                        batch_size,
+                        progress=lambda runs, _steps: advance(runs),
+                    )
+            backend = engine.url.get_backend_name()
+            database = engine.url.database
         finally:
             engine.dispose()
     if as_json:
-        echo_json(result.to_json())
+        echo_json(result)  # the cut-off in the one --json time form
         return
     verb = "Would delete" if result.dry_run else "Deleted"
     which = f"{result.status} runs" if result.status else "runs"
@@ -194,3 +225,51 @@ def prune_command(
         f"that started before {cutoff}"
         + ("." if result.dry_run else f" ({result.batches} batches).")
     )
+    if result.runs_deleted and not result.dry_run:
+        click.echo(_reclaim_hint(backend, database))
+
+
+def _reclaim_hint(backend: str, database: str | None) -> str:
+    """How to give the space of deleted rows back to the file system, per database."""
+    if backend == "sqlite":
+        target = shlex.quote(database or "flowtel.db")
+        return (
+            "SQLite keeps the freed pages in the file for new rows; to shrink the file, stop the "
+            f"writers and run: sqlite3 {target} 'VACUUM;' (it needs free disk space about the "
+            "size of the file)."
+        )
+    if backend == "postgresql":
+        return (
+            "PostgreSQL reuses the space after autovacuum; VACUUM FULL workflow_history, "
+            "workflow_step_history gives it back to the disk (it locks the tables)."
+        )
+    return (
+        "MariaDB/MySQL reuses the space; OPTIMIZE TABLE workflow_history, "
+        "workflow_step_history gives it back to the disk."
+    )
+
+
+def _stderr_is_terminal() -> bool:
+    return make_console(stderr=True).is_terminal
+
+
+@contextmanager
+def prune_progress(
+    total: int, *, force_terminal: bool | None = None
+) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar of deleted runs on stderr; yields ``advance(runs_deleted_so_far)``."""
+    console = Console(stderr=True, force_terminal=force_terminal)
+    columns = (
+        TextColumn("pruning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("pruning", total=total)
+
+        def advance(done: int) -> None:
+            bar.update(task, completed=done)
+
+        yield advance

@@ -11,21 +11,28 @@ apart: an unreachable collector does not make the history incomplete, nor the re
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from exporters.cli._common import database_errors, db_option, echo_json, make_console
-from exporters.cli.demo_workflow import WORKFLOW_NAME, DemoSummary, RunOutcome, run_demo
-from exporters.configure import configure
+from exporters.cli._format import fmt_duration
+from exporters.cli.demo_workflow import STEPS, WORKFLOW_NAME, DemoSummary, RunOutcome, run_demo
+from exporters.configure import Flowtel, configure
 from exporters.db.engine import display_url, make_engine
+from instrumentation.redaction import mask_url_credentials
 
-__all__ = ["demo"]
+__all__ = ["db_argument", "demo", "duration_notice"]
 
 _SERVICE_NAME = "flowtel-demo"
 _FLUSH_TIMEOUT_MS = 30_000
+_ANNOUNCE_AFTER_S = 10.0  # a demo expected to take longer says so and how to make it quick
+_OTLP_LOGGER = "opentelemetry.exporter.otlp"  # the gRPC and HTTP exporters log under it
 
 
 @contextmanager
@@ -63,6 +70,76 @@ def _progress(runs: int) -> Iterator[Callable[[RunOutcome], None]]:
     yield report
 
 
+def db_argument(db: str | None) -> str:
+    """The ``--db`` part of the hints, ready to paste into a shell.
+
+    The URL as given, quoted for the shell; a URL with a password is neither masked (the hint
+    would not work) nor echoed to the terminal: the hint names ``$FLOWTEL_DATABASE_URL``.
+    """
+    if db is None:
+        return ""
+    try:
+        has_password = make_url(db).password is not None
+    except (ArgumentError, ValueError):
+        has_password = False
+    if has_password:
+        return ' --db "$FLOWTEL_DATABASE_URL"'
+    return f" --db {shlex.quote(db)}"
+
+
+def duration_notice(runs: int, step_delay: float) -> str | None:
+    """What a long demo will take, with the way to make it quick; ``None`` for a short one."""
+    seconds = runs * step_delay * sum(spec.weight for spec in STEPS)
+    if seconds < _ANNOUNCE_AFTER_S:
+        return None
+    return (
+        f"Recording {runs} runs takes about {fmt_duration(seconds * 1000)} "
+        f"(--step-delay {step_delay:g}s per step); add --step-delay 0 to record them "
+        "in seconds."
+    )
+
+
+class _ExportFailures(logging.Handler):
+    """Counts the OTLP exporters' error records instead of letting them reach the terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = record.getMessage().splitlines()[0][:200]
+
+
+@contextmanager
+def _quiet_otlp_exporters() -> Iterator[_ExportFailures]:
+    """Route the OTLP exporters' log records to a counter while the demo runs."""
+    logger = logging.getLogger(_OTLP_LOGGER)
+    failures = _ExportFailures()
+    propagate = logger.propagate
+    logger.addHandler(failures)
+    logger.propagate = False
+    try:
+        yield failures
+    finally:
+        logger.removeHandler(failures)
+        logger.propagate = propagate
+
+
+def _report_export_failures(failures: _ExportFailures) -> None:
+    if failures.count:
+        plural = "" if failures.count == 1 else "s"
+        click.echo(
+            f"OTLP export failed {failures.count} time{plural} (first: "
+            f"{mask_url_credentials(failures.first or '')}); every run is in the history "
+            "database. Is the collector running? (flowtel exports to it when "
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set)",
+            err=True,
+        )
+
+
 @click.command()
 @click.option(
     "--runs", default=20, show_default=True, type=click.IntRange(min=1), help="Runs to record."
@@ -89,6 +166,9 @@ def demo(
     runs: int, seed: int, failure_rate: float, step_delay: float, db: str | None, as_json: bool
 ) -> None:
     """Record simulated 23-step server-provisioning runs, some of them failing."""
+    notice = duration_notice(runs, step_delay)
+    if notice is not None:
+        click.echo(notice, err=True)
     with database_errors(db):
         probe = make_engine(db)  # fail fast (exit 2) rather than simulate into the void
         try:
@@ -99,6 +179,29 @@ def demo(
     # The failing steps' warnings are recorded on their step rows (flowtel show prints them);
     # keep them off the terminal, where they would tear the progress bar.
     logging.getLogger("flowtel.demo").propagate = False
+    with _quiet_otlp_exporters() as failures:
+        summary, flushed = _record(handle, runs, seed, failure_rate, step_delay)
+    _report_export_failures(failures)
+    traces = handle.trace_export  # after shutdown: every span has had its answer
+    shown = display_url(handle.database_url)
+    if as_json:
+        echo_json({"database": shown, "flushed": flushed, "traces": traces, **summary.to_json()})
+        return
+    _print_summary(summary, shown, db, flushed)
+    if traces["spans_failed"]:
+        make_console().print(
+            f"Warning: {traces['spans_failed']} of "
+            f"{traces['spans_failed'] + traces['spans_exported']} spans could not be exported "
+            "to the OTLP endpoint: the traces are incomplete (the history rows are not).",
+            style="yellow",
+            markup=False,
+        )
+
+
+def _record(
+    handle: Flowtel, runs: int, seed: int, failure_rate: float, step_delay: float
+) -> tuple[DemoSummary, bool]:
+    """Run the demo workflows with a progress bar, then flush and shut flowtel down."""
     try:
         with _progress(runs) as on_progress:
             summary = run_demo(
@@ -113,23 +216,10 @@ def demo(
         flushed = handle.processor.force_flush(_FLUSH_TIMEOUT_MS)  # the rows, on their own
     finally:
         handle.shutdown(_FLUSH_TIMEOUT_MS)
-    traces = handle.trace_export  # after shutdown: every span has had its answer
-    shown = display_url(handle.database_url)
-    if as_json:
-        echo_json({"database": shown, "flushed": flushed, "traces": traces, **summary.to_json()})
-        return
-    _print_summary(summary, shown, db is not None, flushed)
-    if traces["spans_failed"]:
-        make_console().print(
-            f"Warning: {traces['spans_failed']} of "
-            f"{traces['spans_failed'] + traces['spans_exported']} spans could not be exported "
-            "to the OTLP endpoint: the traces are incomplete (the history rows are not).",
-            style="yellow",
-            markup=False,
-        )
+    return summary, flushed
 
 
-def _print_summary(summary: DemoSummary, shown: str, explicit_db: bool, flushed: bool) -> None:
+def _print_summary(summary: DemoSummary, shown: str, db: str | None, flushed: bool) -> None:
     console = make_console()
     console.print(
         f"Recorded {summary.runs} {WORKFLOW_NAME} runs in {summary.elapsed_s:.1f}s into {shown}",
@@ -146,10 +236,14 @@ def _print_summary(summary: DemoSummary, shown: str, explicit_db: bool, flushed:
             style="yellow",
             markup=False,
         )
-    db_arg = f" --db {shown}" if explicit_db else ""
+    db_arg = db_argument(db)
     console.print("\nNext:", style="bold")
+    if "$FLOWTEL_DATABASE_URL" in db_arg:
+        console.print("  (with FLOWTEL_DATABASE_URL set to the URL you gave --db)", style="dim")
     if summary.failed_run_ids:
-        console.print(f"  flowtel runs --status failed{db_arg}", markup=False)
-        console.print(f"  flowtel show {summary.failed_run_ids[0][:8]}{db_arg}", markup=False)
+        console.print(f"  flowtel runs --status failed{db_arg}", markup=False, soft_wrap=True)
+        console.print(
+            f"  flowtel show {summary.failed_run_ids[0]}{db_arg}", markup=False, soft_wrap=True
+        )
     else:
-        console.print(f"  flowtel runs{db_arg}", markup=False)
+        console.print(f"  flowtel runs{db_arg}", markup=False, soft_wrap=True)

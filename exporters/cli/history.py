@@ -15,13 +15,14 @@ import re
 from typing import Any
 
 import click
-from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from exporters.cli._common import (
+    MAX_LIMIT,
     NOTHING_RECORDED,
+    Utf8Text,
     When,
     db_option,
     echo_json,
@@ -29,15 +30,20 @@ from exporters.cli._common import (
     make_console,
 )
 from exporters.cli._format import (
+    KEY_COLUMN,
+    Waterfall,
+    compact_table,
+    fit_table,
     fmt_duration,
+    fmt_started,
     fmt_time,
     log_line,
     run_duration_ms,
     status_text,
     text,
     truncate,
-    waterfall_bar,
 )
+from exporters.query.lookup import unique_prefixes
 from exporters.query.store import (
     AmbiguousRunError,
     RunDetail,
@@ -45,17 +51,15 @@ from exporters.query.store import (
     RunSummary,
     StepRecord,
 )
-from instrumentation import RunStatus
+from instrumentation import RunStatus, StepStatus
 
 __all__ = ["runs", "show"]
 
 _STEP_FAILED = re.compile(r"^step '[^']*' failed: ")  # the step is in its own column
-_RUN_COLUMNS = (
-    "run", "workflow", "workflow id", "status", "started (UTC)", "duration", "steps", "step"
-)  # fmt: skip
-_NEVER_SQUEEZED = ("run", "status", "steps")  # keep their width on a narrow terminal
-_STEP_COLUMNS = (("#", True, 2), ("step", False, 20), ("try", True, 3), ("status", False, 9),
-                 ("duration", True, 8))  # fmt: skip
+_WIDE = 120  # from this width the start time carries its date
+_DURATION_WIDTH = len("59m 59s…")
+_STEP_MIN = 12  # a step name keeps this much before its ellipsis
+_TIMELINE_MIN, _TIMELINE_MAX = 10, 50
 
 
 @click.command()
@@ -63,14 +67,26 @@ _STEP_COLUMNS = (("#", True, 2), ("step", False, 20), ("try", True, 3), ("status
 @click.option(
     "--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs with this status."
 )
-@click.option("--workflow", metavar="NAME", help="Only runs of this workflow name.")
-@click.option("--workflow-id", metavar="ID", help="Only runs of this logical workflow id.")
-@click.option("--server", "server_id", metavar="ID", help="Only runs about this server id.")
-@click.option("--device-type", metavar="TYPE", help="Only runs about this device type.")
+@click.option(
+    "--workflow", type=Utf8Text(), metavar="NAME", help="Only runs of this workflow name."
+)
+@click.option(
+    "--workflow-id", type=Utf8Text(), metavar="ID", help="Only runs of this logical workflow id."
+)
+@click.option(
+    "--server", "server_id", type=Utf8Text(), metavar="ID", help="Only runs about this server id."
+)
+@click.option(
+    "--device-type", type=Utf8Text(), metavar="TYPE", help="Only runs about this device type."
+)
 @click.option("--since", type=When(), help="Started at or after: 30m, 24h, 7d or 2026-11-01.")
 @click.option("--until", type=When(), help="Started before: 30m, 24h, 7d or 2026-11-01.")
 @click.option(
-    "--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Most runs to list."
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, MAX_LIMIT),
+    help="Most runs to list.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 def runs(
@@ -98,8 +114,12 @@ def runs(
         "since": since,
         "until": until,
     }
+    short: dict[str, str] = {}
     with history_store(db) as store:
         found = [] if store is None else store.list_runs(**filters, limit=limit)
+        if store is not None and found and not as_json:
+            with store.engine.connect() as conn:
+                short = unique_prefixes(conn, [run.run_id for run in found])
     if as_json:
         echo_json([run.to_json() for run in found])
         return
@@ -110,48 +130,57 @@ def runs(
             "No runs match these filters." if filtered and store is not None else NOTHING_RECORDED
         )
         return
-    console.print(_runs_table(found, console.width))
+    console.print(_runs_table(found, console, short))
     if len(found) == limit:
         console.print(f"Showing the newest {limit}; use --limit for more.", style="dim")
 
 
-def _run_cells(run: RunSummary) -> list[Text]:
-    ms, still_open = run_duration_ms(run.duration_ms, run.started_at)
-    return [
-        text(run.run_id[:8]),
-        text(run.workflow_name),
-        text(run.workflow_id),
-        status_text(run.status),
-        text(fmt_time(run.started_at)),
-        text(fmt_duration(ms) + ("…" if still_open else "")),
-        text(f"{run.steps_completed}/{run.total_steps}"),
-        text(run.current_step, "red" if run.status == "failed" else ""),
-    ]
+def _runs_table(found: list[RunSummary], console: Console, short: dict[str, str]) -> Table:
+    """The runs, one line each: the key columns keep their width, the others share the rest.
 
-
-def _runs_table(found: list[RunSummary], width: int) -> Table:
-    """The runs as a table whose error column takes whatever width the others leave."""
-    rows = [_run_cells(run) for run in found]
-    widths = [max(len(h), *(r[i].cell_len for r in rows)) for i, h in enumerate(_RUN_COLUMNS)]
-    error_width = max(20, width - sum(widths) - 3 * (len(widths) + 1) - 1)  # padding, edges
-    table = Table(box=box.SIMPLE_HEAD, title=f"{len(found)} runs, newest first")
-    for header, column_width in zip(_RUN_COLUMNS, widths, strict=True):
-        table.add_column(
-            header,
-            justify="right" if header in ("duration", "steps") else "left",
-            no_wrap=True,
-            overflow="ellipsis",
-            min_width=column_width if header in _NEVER_SQUEEZED else None,
+    The run id, status, start time of day, duration and progress never shrink (``min_width``,
+    ``no_wrap``); the workflow, workflow id, step and error columns share what is left by
+    ``ratio`` and end in an ellipsis. From 120 columns the start carries its date. When every
+    run shown is of one workflow, the title names it instead of a column.
+    """
+    started = fmt_started([run.started_at for run in found], with_date=console.width >= _WIDE)
+    names = {run.workflow_name for run in found}
+    one_name = next(iter(names)) if len(names) == 1 else None  # named once, in the title
+    title = f"{len(found)} {one_name + ' ' if one_name else ''}runs, newest first (times in UTC)"
+    table = compact_table(title=title, title_justify="left")
+    key = KEY_COLUMN
+    table.add_column("run", min_width=max(len(v) for v in short.values()), **key)
+    if one_name is None:
+        table.add_column("workflow", ratio=2, **key)
+    table.add_column("workflow id", ratio=3, **key)
+    table.add_column("status", min_width=max(len(s) for s in RunStatus), **key)
+    table.add_column("started", min_width=max(len(t) for t in started), **key)
+    table.add_column("duration", justify="right", min_width=_DURATION_WIDTH, **key)
+    table.add_column("steps", justify="right", **key)
+    table.add_column("step", ratio=3, **key)
+    table.add_column("error", ratio=5, **key)
+    for run, start in zip(found, started, strict=True):
+        ms, still_open = run_duration_ms(
+            run.duration_ms, run.started_at, status=run.status, completed_at=run.completed_at
         )
-    table.add_column("error", no_wrap=True, overflow="ellipsis")
-    for run, row in zip(found, rows, strict=True):
         error = _STEP_FAILED.sub("", run.error_message or "")
-        table.add_row(*row, text(truncate(error, error_width), style="red"))
-    return table
+        name = [] if one_name is not None else [text(run.workflow_name)]
+        table.add_row(
+            text(short[run.run_id]),
+            *name,
+            text(run.workflow_id),
+            status_text(run.status),
+            text(start),
+            text(fmt_duration(ms) + ("…" if still_open else "")),
+            text(f"{run.steps_completed}/{run.total_steps}"),
+            text(run.current_step, "red" if run.status == RunStatus.FAILED else ""),
+            text(truncate(error, console.width), style="red"),
+        )
+    return fit_table(table, console)
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", type=Utf8Text())
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run and its steps as JSON.")
 def show(run_ref: str, db: str | None, as_json: bool) -> None:
@@ -175,13 +204,19 @@ def show(run_ref: str, db: str | None, as_json: bool) -> None:
             context.add_row(text(key, "bold"), text(value))
         console.print(Group(Text("\nContext", style="bold underline"), context))
     if detail.steps:
-        console.print(_steps_table(detail, now, console.width))
+        console.print(_steps_table(detail, now, console))
     if detail.status == "failed":
         _print_failure(console, detail)
 
 
 def _print_header(console: Console, detail: RunDetail, now: dt.datetime) -> None:
-    ms, still_open = run_duration_ms(detail.duration_ms, detail.started_at, now)
+    ms, still_open = run_duration_ms(
+        detail.duration_ms,
+        detail.started_at,
+        now,
+        status=detail.status,
+        completed_at=detail.completed_at,
+    )
     workflow_id = detail.workflow_id
     if detail.other_runs:
         plural = "s" if detail.other_runs > 1 else ""
@@ -229,26 +264,32 @@ def _axis(detail: RunDetail, now: dt.datetime) -> tuple[dt.datetime | None, floa
     return start, max(0.0, (max(known_ends) - start).total_seconds() * 1000)
 
 
-def _steps_table(detail: RunDetail, now: dt.datetime, console_width: int) -> Table:
+def _steps_table(detail: RunDetail, now: dt.datetime, console: Console) -> Table:
+    """Every step attempt, one line each, its status in words whatever the width or colour.
+
+    The index, step, attempt, status and duration keep their width; the timeline and the
+    message share the rest, and each bar is drawn to scale in the width its column gets.
+    """
     start, total_ms = _axis(detail, now)
-    width = max(16, min(50, console_width - 125))
     title = f"Steps — timeline 0 → {fmt_duration(total_ms)}" if total_ms else "Steps"
-    table = Table(
-        box=box.SIMPLE_HEAD, title=title, title_justify="left", title_style="bold underline"
-    )
-    for header, right, min_width in _STEP_COLUMNS:
-        table.add_column(
-            header, justify="right" if right else "left", no_wrap=True, min_width=min_width
-        )
-    table.add_column("timeline", no_wrap=True, min_width=width, max_width=width)
-    table.add_column("message", no_wrap=True, overflow="ellipsis")
+    table = compact_table(title=title, title_justify="left", title_style="bold underline")
+    key = KEY_COLUMN
+    table.add_column("#", justify="right", **key)
+    table.add_column("step", ratio=3, min_width=_STEP_MIN, **key)
+    table.add_column("try", justify="right", **key)
+    table.add_column("status", min_width=max(len(s) for s in StepStatus), **key)
+    table.add_column("duration", justify="right", min_width=_DURATION_WIDTH, **key)
+    table.add_column("timeline", ratio=2, min_width=_TIMELINE_MIN, max_width=_TIMELINE_MAX, **key)
+    table.add_column("message", ratio=3, **key)
     for step in detail.steps:
-        bar = Text("")
+        bar: Text | Waterfall = Text("")
         if start is not None and step.started_at is not None:
             begin = (step.started_at - start).total_seconds() * 1000
-            open_ = step.status == "running" and step.completed_at is None
+            open_ = step.status == StepStatus.RUNNING and step.completed_at is None
             end = None if open_ else begin + (step.duration_ms or 0)
-            bar = waterfall_bar(begin, end, total_ms, width, step.status)
+            bar = Waterfall(
+                begin, end, total_ms, step.status, min_width=_TIMELINE_MIN, max_width=_TIMELINE_MAX
+            )
         table.add_row(
             text(step.step_index),
             text(step.step_name),
@@ -259,16 +300,17 @@ def _steps_table(detail: RunDetail, now: dt.datetime, console_width: int) -> Tab
             status_text(step.status),
             text(_step_duration(step, now)),
             bar,
-            text(truncate(step.error_message or step.message, 80)),
+            text(truncate(step.error_message or step.message, console.width)),
         )
-    return table
+    return fit_table(table, console)
 
 
 def _step_duration(step: StepRecord, now: dt.datetime) -> str:
     """The attempt's duration; for one still running, the time so far with an ellipsis."""
-    if step.status != "running" or step.completed_at is not None:
-        return fmt_duration(step.duration_ms)
-    ms, still_open = run_duration_ms(step.duration_ms, step.started_at, now)
+    active = RunStatus.RUNNING if step.status == StepStatus.RUNNING else RunStatus.COMPLETED
+    ms, still_open = run_duration_ms(
+        step.duration_ms, step.started_at, now, status=active, completed_at=step.completed_at
+    )
     return fmt_duration(ms) + ("…" if still_open else "")
 
 

@@ -16,6 +16,7 @@ import datetime as dt
 import click
 
 from exporters.cli._common import Duration, db_option, echo_json, history_store
+from exporters.cli._format import fmt_time
 from exporters.ops.durations import duration_text
 from exporters.ops.reaper import reap as reap_runs
 
@@ -40,7 +41,7 @@ def reap(db: str | None, older_than: dt.timedelta, as_json: bool) -> None:
         echo_json(
             {
                 "older_than_s": older_than.total_seconds(),
-                "reaped": [run.to_json() for run in reaped],
+                "reaped": reaped,  # their datetimes in the one --json form
             }
         )
         return
@@ -50,7 +51,7 @@ def reap(db: str | None, older_than: dt.timedelta, as_json: bool) -> None:
         return
     click.echo(f"Marked {len(reaped)} run(s) abandoned (no heartbeat for more than {limit}):")
     for run in reaped:
-        seen = run.last_heartbeat.isoformat(timespec="seconds") if run.last_heartbeat else "never"
+        seen = f"{fmt_time(run.last_heartbeat)} UTC" if run.last_heartbeat else "never"
         click.echo(
             f"  {run.run_id}  {run.workflow_id}  pid {run.pid} on {run.host}, last seen {seen}"
         )

@@ -13,25 +13,35 @@ from __future__ import annotations
 import datetime as dt
 
 import click
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from exporters.cli._common import (
     NOTHING_RECORDED,
+    Utf8Text,
     When,
     db_option,
     echo_json,
     history_store,
     make_console,
 )
-from exporters.cli._format import fmt_duration, fmt_rate, fmt_time, text, truncate
+from exporters.cli._format import (
+    KEY_COLUMN,
+    compact_table,
+    fit_table,
+    fmt_duration,
+    fmt_rate,
+    fmt_time,
+    text,
+    truncate,
+)
 from exporters.query.records import GroupStats, StatsReport, WorkflowStats
 
 __all__ = ["stats"]
 
 _DEFAULT_SINCE = "7d"
+_STEP_MIN = 12  # a step name or error class keeps this much before its ellipsis
 
 
 @click.command()
@@ -44,9 +54,10 @@ _DEFAULT_SINCE = "7d"
     help="Runs started at or after: 30m, 24h, 7d or 2026-11-01.",
 )
 @click.option("--until", type=When(), help="Runs started before (default: now).")
-@click.option("--workflow", metavar="NAME", help="Only this workflow name.")
+@click.option("--workflow", type=Utf8Text(), metavar="NAME", help="Only this workflow name.")
 @click.option(
     "--by",
+    type=Utf8Text(),
     metavar="KEY",
     help="Split runs by device_type, server_id, host, ... or any context key (server_ip).",
 )
@@ -119,11 +130,11 @@ def _print_workflow(console: Console, entry: WorkflowStats, report: StatsReport)
         outcomes.append(f"{label} {count}   ", style if count else "dim")
     console.print(outcomes)
     if entry.top_failing_steps:
-        console.print(_failing_table(entry, console.width))
+        console.print(_failing_table(entry, console))
     if entry.steps:
-        console.print(_steps_table(entry))
+        console.print(_steps_table(entry, console))
     if report.by is not None and entry.groups:
-        console.print(_groups_table(report.by, entry.groups))
+        console.print(_groups_table(report.by, entry.groups, console))
 
 
 def _class_name(error_type: str | None) -> str:
@@ -131,35 +142,34 @@ def _class_name(error_type: str | None) -> str:
     return (error_type or "unknown").rsplit(".", 1)[-1]
 
 
-def _failing_table(entry: WorkflowStats, width: int) -> Table:
-    rows = [
-        [
+def _failing_table(entry: WorkflowStats, console: Console) -> Table:
+    """The steps that failed most; the step and the example message share the width left."""
+    table = compact_table(title="Top failing steps", title_justify="left")
+    table.add_column("#", justify="right", **KEY_COLUMN)
+    table.add_column("step", ratio=1, min_width=_STEP_MIN, **KEY_COLUMN)
+    table.add_column("failures", justify="right", **KEY_COLUMN)
+    table.add_column("most common error", ratio=1, min_width=_STEP_MIN, **KEY_COLUMN)
+    table.add_column("example", ratio=2, **KEY_COLUMN)
+    for failing in entry.top_failing_steps:
+        table.add_row(
             text(failing.step_index),
             text(failing.step_name),
             text(failing.failures, "red"),
             text(f"{_class_name(failing.error_type)} ({failing.error_count}/{failing.failures})"),
-        ]
-        for failing in entry.top_failing_steps
-    ]
-    headers = ("#", "step", "failures", "most common error")
-    widths = [max(len(h), *(r[i].cell_len for r in rows)) for i, h in enumerate(headers)]
-    example_width = max(20, width - sum(widths) - 3 * len(headers) - 4)
-    table = Table(box=box.SIMPLE_HEAD, title="Top failing steps", title_justify="left")
-    for header, column_width in zip(headers, widths, strict=True):
-        right = header in ("#", "failures")
-        table.add_column(header, justify="right" if right else "left", min_width=column_width)
-    table.add_column("example", no_wrap=True, overflow="ellipsis", max_width=example_width)
-    for failing, row in zip(entry.top_failing_steps, rows, strict=True):
-        table.add_row(*row, text(truncate(failing.example_message, example_width), "dim"))
-    return table
+            text(truncate(failing.example_message, console.width), "dim"),
+        )
+    return fit_table(table, console)
 
 
-def _steps_table(entry: WorkflowStats) -> Table:
+def _steps_table(entry: WorkflowStats, console: Console) -> Table:
     sampled = any(step.median_sample < step.completed for step in entry.steps)
     caption = "medians over a sample of the runs (--json: median_sample)" if sampled else None
-    table = Table(box=box.SIMPLE_HEAD, title="Steps", title_justify="left", caption=caption)
+    table = compact_table(title="Steps", title_justify="left", caption=caption)
     for header in ("#", "step", "attempts", "failures", "retries", "skipped", "median"):
-        table.add_column(header, justify="left" if header == "step" else "right", no_wrap=True)
+        name = header == "step"
+        table.add_column(
+            header, justify="left" if name else "right", ratio=1 if name else None, **KEY_COLUMN
+        )
     for step in entry.steps:
         table.add_row(
             text(step.step_index),
@@ -170,14 +180,14 @@ def _steps_table(entry: WorkflowStats) -> Table:
             text(step.skipped, "" if step.skipped else "dim"),
             text(fmt_duration(step.median_ms) or "-"),
         )
-    return table
+    return fit_table(table, console)
 
 
-def _groups_table(by: str, groups: list[GroupStats]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title=f"By {by}", title_justify="left")
-    table.add_column(by, no_wrap=True)
+def _groups_table(by: str, groups: list[GroupStats], console: Console) -> Table:
+    table = compact_table(title=f"By {by}", title_justify="left")
+    table.add_column(by, ratio=1, **KEY_COLUMN)
     for header in ("runs", "failed", "success", "p50", "p95", "max"):
-        table.add_column(header, justify="right", no_wrap=True)
+        table.add_column(header, justify="right", **KEY_COLUMN)
     for group in groups:
         table.add_row(
             text(group.group),
@@ -188,4 +198,4 @@ def _groups_table(by: str, groups: list[GroupStats]) -> Table:
             text(fmt_duration(group.p95_ms) or "-"),
             text(fmt_duration(group.max_ms) or "-"),
         )
-    return table
+    return fit_table(table, console)

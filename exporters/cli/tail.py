@@ -14,23 +14,38 @@ import datetime as dt
 import time
 
 import click
-from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
-from exporters.cli._common import NOTHING_RECORDED, db_option, history_store, make_console
-from exporters.cli._format import fit_widths, fmt_age, fmt_time, progress_bar, status_text, text
+from exporters.cli._common import (
+    MAX_LIMIT,
+    NOTHING_RECORDED,
+    Utf8Text,
+    db_option,
+    history_store,
+    make_console,
+)
+from exporters.cli._format import (
+    KEY_COLUMN,
+    compact_table,
+    fit_table,
+    fmt_age,
+    fmt_time,
+    progress_bar,
+    status_text,
+    text,
+)
+from exporters.query.lookup import unique_prefixes
 from exporters.query.store import ActiveRun, HistoryStore
 
 __all__ = ["render_frame", "tail"]
 
 _STALE_AFTER = dt.timedelta(minutes=2)  # no write for this long: shown in red
-_WIDE = 120
-_COLUMNS = (  # (header, shown on a narrow console too)
-    ("run", True), ("workflow", False), ("workflow id", True), ("server", False),
-    ("status", True), ("step", True), ("progress", True), ("age", True), ("last write", True),
+_COLUMNS = (  # (header, ratio: shares the width left, min_width: never narrower)
+    ("run", None, 8), ("workflow", 1, None), ("workflow id", 2, None), ("server", 1, None),
+    ("status", None, len("running")), ("step", 2, None), ("progress", None, None),
+    ("age", None, len("1h 02m")), ("last write", None, len("1h 02m ago")),
 )  # fmt: skip
 
 
@@ -49,8 +64,8 @@ def render_frame(
         workflow: only runs of this workflow name.
         limit: the most runs shown.
         interval: the refresh interval to mention, or ``None`` for a single frame.
-        width: the console's width; below 120 columns the workflow and server columns go
-            (the workflow id usually names both).
+        width: the console's width; the run, status, progress and times keep theirs and the
+            workflow, workflow id, server and step columns share the rest.
     """
     now = dt.datetime.now(dt.UTC)
     active = store.active_runs(workflow=workflow, limit=limit)
@@ -60,29 +75,30 @@ def render_frame(
         heading.append(f" · every {interval:g}s · Ctrl-C to stop", style="dim")
     if not active:
         return Group(heading, Text("No workflow is running.", style="dim"))
-    wide = width >= _WIDE
-    shown = [i for i, (_, narrow) in enumerate(_COLUMNS) if narrow or wide]
-    rows = [[cells[i] for i in shown] for cells in (_cells(run, now) for run in active)]
-    headers = [_COLUMNS[i][0] for i in shown]
-    natural = [max(len(h), *(r[n].cell_len for r in rows)) for n, h in enumerate(headers)]
-    flexible = [n for n, h in enumerate(headers) if h in ("workflow", "workflow id", "step")]
-    widths = fit_widths(natural, flexible, width - 3 * len(headers) - 2)
-    table = Table(box=box.SIMPLE_HEAD)
-    for header, column_width in zip(headers, widths, strict=True):
+    with store.engine.connect() as conn:
+        short = unique_prefixes(conn, [run.run_id for run in active])
+    rows = [_cells(run, now, short[run.run_id]) for run in active]
+    table = compact_table()
+    for header, ratio, min_width in _COLUMNS:
         right = header in ("age", "last write")
         table.add_column(
-            header, justify="right" if right else "left", no_wrap=True, width=column_width
+            header,
+            justify="right" if right else "left",
+            ratio=ratio,
+            min_width=min_width,
+            **KEY_COLUMN,
         )
     for row in rows:
         table.add_row(*row)
+    fit_table(table, Console(width=width))
     return Group(heading, table)
 
 
-def _cells(run: ActiveRun, now: dt.datetime) -> list[Text]:
+def _cells(run: ActiveRun, now: dt.datetime, short_id: str) -> list[Text]:
     written = run.updated_at or run.started_at
     stale = written is not None and now - written > _STALE_AFTER
     return [
-        text(run.run_id[:8]),
+        text(short_id),
         text(run.workflow_name),
         text(run.workflow_id),
         text(run.server_id),
@@ -96,7 +112,9 @@ def _cells(run: ActiveRun, now: dt.datetime) -> list[Text]:
 
 @click.command()
 @db_option
-@click.option("--workflow", metavar="NAME", help="Only runs of this workflow name.")
+@click.option(
+    "--workflow", type=Utf8Text(), metavar="NAME", help="Only runs of this workflow name."
+)
 @click.option(
     "--interval",
     default=2.0,
@@ -105,7 +123,11 @@ def _cells(run: ActiveRun, now: dt.datetime) -> list[Text]:
     help="Seconds between refreshes.",
 )
 @click.option(
-    "--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Most runs shown."
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, MAX_LIMIT),
+    help="Most runs shown.",
 )
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
 def tail(db: str | None, workflow: str | None, interval: float, limit: int, once: bool) -> None:

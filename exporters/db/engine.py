@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from exporters.db.json import dumps_json
-from exporters.errors import DatabaseURLError
+from exporters.errors import DatabaseFileError, DatabaseURLError
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -90,11 +90,13 @@ def _prepare_sqlite_file(url: URL) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     path = Path(database)
-    _private_directories(path.parent)
     try:
+        _private_directories(path.parent)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return  # the user's file: its mode is theirs
+    except OSError as exc:  # not writable, a file in the way, a read-only file system
+        raise DatabaseFileError(database, exc) from exc
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o600)
@@ -231,6 +233,8 @@ def make_engine(
     Raises:
         DatabaseURLError: the URL cannot be parsed or its driver is not installed (the
             message names the extra to install).
+        DatabaseFileError: a SQLite file or its directory cannot be created (no permission,
+            a read-only file system); the message names the path.
     """
     url = resolve_database_url(database_url)
     options = _base_options(url, io_timeout)

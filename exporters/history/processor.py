@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from exporters.history.capture import capture_end, capture_start, ends_step, is_run_event
 from exporters.history.writer import HistoryWriter
 from exporters.spool.files import spool_directory
+from instrumentation.recording import history_processor_started, history_processor_stopped
 
 __all__ = ["DURABILITY_LEVELS", "WorkflowHistorySpanProcessor"]
 
@@ -130,6 +131,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         self._shutdown = False
         self._writer = self._make_writer(startup)
         self._writer.start()
+        history_processor_started()  # workflows no longer warn that nothing records them
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
 
@@ -181,6 +183,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         """Flush (within *timeout_millis*), stop the writer thread and release the engine."""
         if self._shutdown:
             return True
+        history_processor_stopped()
         flushed = self._writer.shutdown(max(timeout_millis, 0) / 1000, flushed=self._stop_queueing)
         if not self._writer.alive:
             self.engine.dispose()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,6 +82,7 @@ def prune(
     *,
     dry_run: bool = False,
     now: dt.datetime | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> PruneResult:
     """Delete runs that started more than *older_than* ago, and their steps, in batches.
 
@@ -91,6 +93,7 @@ def prune(
         batch_size: the most runs deleted per transaction.
         dry_run: count what would be deleted instead of deleting it.
         now: the reference time (default: the current time, UTC).
+        progress: called after each committed batch with the runs and steps deleted so far.
 
     Returns:
         The cut-off and what was deleted.
@@ -130,6 +133,8 @@ def prune(
                 )
             ).rowcount
             batches += 1
+        if progress is not None:
+            progress(runs, steps)
         if len(chosen) < batch_size:
             break
     return PruneResult(cutoff, status, runs, steps, batches, False)

@@ -2,9 +2,10 @@
 
 Every record is a frozen dataclass, so a web view can hold, compare and serialise it freely.
 ``to_json()`` turns one into a dictionary with stable keys, in field order, whose timestamps are
-ISO 8601 UTC strings (``2026-11-01T12:00:03.250000Z``) and whose nested records are dictionaries
-too; the result always survives ``json.dumps``. :class:`RunSummary` is a row of a run listing,
-:class:`RunDetail` one run with its step attempts, :class:`ActiveRun` a run still in progress.
+ISO 8601 UTC strings (``2026-11-01T12:00:03.250000Z``, :func:`iso_utc`: the one form of every
+``--json`` output) and whose nested records are dictionaries too; the result always survives
+``json.dumps``. :class:`RunSummary` is a row of a run listing, :class:`RunDetail` one run with
+its step attempts, :class:`ActiveRun` a run still in progress.
 :class:`StatsReport` holds :func:`~exporters.query.stats.compute_stats`'s figures per workflow.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from typing import Any, Literal
 
 __all__ = [
@@ -26,26 +28,62 @@ __all__ = [
     "StepRecord",
     "StepStats",
     "WorkflowStats",
+    "iso_utc",
     "json_value",
+    "written_times",
 ]
 
 MatchedBy = Literal["run_id", "workflow_id", "prefix"]
 """How :meth:`~exporters.query.store.HistoryStore.get_run` resolved a reference."""
 
 
-def json_value(value: Any) -> Any:
-    """Return *value* ready for ``json.dumps``: datetimes as ISO 8601 UTC, records as dicts.
+_WRITTEN_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(\+00:00|Z)")
+_USER_KEYS = frozenset({"context_data"})  # the run's context: the user's values, as written
 
-    Naive datetimes are taken as UTC; lists, tuples and dictionaries are converted item by item.
+
+def iso_utc(value: dt.datetime) -> str:
+    """*value* in the one ISO 8601 UTC form of every ``--json`` output.
+
+    ``2026-11-01T12:00:03.250000Z``: converted to UTC, always with microseconds and ``Z``;
+    a naive datetime is taken as UTC.
+    """
+    utc = value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def written_times(value: Any) -> Any:
+    """*value* (stored JSON flowtel wrote) with its UTC time strings in :func:`iso_utc`'s form.
+
+    The writer stores times in the run's metadata as ``…+00:00``; read back, they are printed
+    like every other time. Only whole strings that are a UTC time change, and the run's
+    ``context_data`` (the user's values) is left exactly as recorded.
+    """
+    if isinstance(value, str) and _WRITTEN_TIME.fullmatch(value):
+        return iso_utc(dt.datetime.fromisoformat(value))
+    if isinstance(value, list):
+        return [written_times(v) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in _USER_KEYS else written_times(v) for k, v in value.items()}
+    return value
+
+
+def json_value(value: Any) -> Any:
+    """Return *value* ready for ``json.dumps``: datetimes by :func:`iso_utc`, records as dicts.
+
+    Naive datetimes are taken as UTC; lists, tuples and dictionaries are converted item by
+    item; dataclasses that are not records become dictionaries of their fields.
     """
     if isinstance(value, dt.datetime):
-        utc = value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return iso_utc(value)
     if isinstance(value, list | tuple):
         return [json_value(v) for v in value]
     if isinstance(value, dict):
         return {str(k): json_value(v) for k, v in value.items()}
-    return value.to_json() if isinstance(value, Record) else value
+    if isinstance(value, Record):
+        return value.to_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
 
 
 class Record:
@@ -161,6 +199,7 @@ class RunDetail(RunSummary):
     def to_json(self) -> dict[str, Any]:
         """Return the run as a JSON-ready dictionary, plus ``trace_url`` and ``failed_step``."""
         data = Record.to_json(self)
+        data["metadata"] = written_times(data["metadata"])
         failed = self.failed_step
         data["trace_url"] = self.trace_url
         data["failed_step"] = failed.to_json() if failed is not None else None

@@ -42,6 +42,7 @@ NO_VALUE = "(none)"
 MEDIAN_SAMPLE_RUNS = 2000
 """Above this many runs in the window, step medians come from a sample of about as many."""
 
+_LEGACY_STATUSES = {"success": "completed"}  # the old system's word for a completed run
 _CONTEXT_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _FINISHED = ("completed", "failed", "cancelled", "abandoned")
 _H, _S = workflow_history.c, workflow_step_history.c
@@ -118,6 +119,7 @@ class _Runs:
 
     def add(self, key: Any, status: str, duration_ms: int | None) -> None:
         self.count += isinstance(key, str)  # runs, not (workflow, group) pairs
+        status = _LEGACY_STATUSES.get(status, status)
         self.statuses[key][status] += 1
         if status == "completed" and duration_ms is not None:
             self.durations[key].append(float(duration_ms))
