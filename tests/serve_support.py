@@ -158,3 +158,21 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+CHROMEDRIVER_ENV = "FLOWTEL_CHROMEDRIVER"
+CHROMIUM_ENV = "FLOWTEL_CHROMIUM"
+
+
+def chrome(driver_path: str, browser_path: str | None = None, width: int = 1400) -> Any:
+    """A headless Chromium driven by Debian's chromedriver (Selenium never downloads one)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    if browser_path:
+        options.binary_location = browser_path
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", f"--window-size={width},1000", "--lang=en-US"):  # fmt: skip
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)

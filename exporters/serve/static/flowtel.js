@@ -9,7 +9,7 @@
   var state = document.getElementById("live-state");
   var target = document.getElementById(main.dataset.liveTarget);
   var source = main.dataset.liveSource;
-  var pending = false, busy = false;
+  var pending = false, busy = false, ready = false;
 
   function show(text, down) {
     if (!state) return;
@@ -39,8 +39,14 @@
   }
 
   var events = new EventSource(main.dataset.liveEvents);
-  events.addEventListener("ready", function () { show("live", false); });
-  events.addEventListener("run", refresh);
+  // The events before "ready" describe the state the page was rendered with; after a
+  // reconnection the page may be stale, so it is refreshed once.
+  events.addEventListener("ready", function () {
+    if (ready) refresh();
+    ready = true;
+    show("live", false);
+  });
+  events.addEventListener("run", function () { if (ready) refresh(); });
   events.addEventListener("unavailable", function () { show("database unavailable, retrying…", true); });
   events.onerror = function () { show("reconnecting…", true); };
 })();
