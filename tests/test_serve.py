@@ -521,3 +521,17 @@ def test_events_follow_one_run_to_its_end(db_url: str, engine: Engine, run_ids: 
 def test_undated_run_is_reachable(client: TestClient) -> None:
     """A run without a start time is listed (last) and has a page."""
     assert client.get(f"/runs/{UNDATED}").status_code == 200
+
+
+def test_root_path_prefixes_every_link(db_url: str, run_ids: list[str]) -> None:
+    """Behind a proxy that serves /flowtel/ (serve --root-path /flowtel), the pages' links,
+    assets and live stream URL carry the prefix."""
+    app = create_app(db_url)
+    with TestClient(app, root_path="/flowtel") as prefixed:
+        page = prefixed.get("/")
+        assert page.status_code == 200
+        links = [a.get("href") or a.get("src") for _, a in parse(page.text).tags]
+        local = [link for link in links if link and link.startswith("/")]
+        assert local and all(link.startswith("/flowtel/") for link in local), local
+        assert 'data-live-events="/flowtel/api/events"' in page.text
+    app.state.flowtel.engine.dispose()

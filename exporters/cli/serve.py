@@ -52,7 +52,20 @@ def is_loopback(host: str) -> bool:
     type=click.FloatRange(min=0.05),
     help="Seconds between looks at the runs in progress (live updates).",
 )
-def serve(db: str | None, host: str, port: int, token: str | None, poll_interval: float) -> None:
+@click.option(
+    "--root-path",
+    metavar="PATH",
+    default="",
+    help="The path prefix a reverse proxy serves this under (e.g. /flowtel).",
+)
+def serve(
+    db: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    poll_interval: float,
+    root_path: str,
+) -> None:
     """Serve the history as a web API and pages (read-only) until Ctrl-C.
 
     Pages: / (runs), /runs/RUN, /stats. API: /api/runs, /api/runs/RUN, /api/stats,
@@ -93,4 +106,5 @@ def serve(db: str | None, host: str, port: int, token: str | None, poll_interval
         log_level=os.environ.get("FLOWTEL_SERVE_LOG_LEVEL", "warning"),
         timeout_graceful_shutdown=2,
         proxy_headers=False,
+        root_path=root_path.rstrip("/"),
     )

@@ -199,6 +199,7 @@ def create_app(
         time=views.fmt_time,
         status_class=views.status_class,
         safe_link=views.safe_link,
+        step_error=views.step_error,
     )
     env.globals.update(version=__version__, statuses=[s.value for s in RunStatus])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ __all__ = [
     "hbars",
     "outcome_bar",
     "safe_link",
+    "step_error",
     "status_class",
     "waterfall",
 ]
@@ -66,6 +68,14 @@ def fmt_duration(ms: float | None) -> str:
 def fmt_rate(rate: float | None) -> str:
     """A fraction as a percentage with one decimal, or ``-``."""
     return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+_STEP_FAILED = re.compile(r"^step '[^']*' failed: ")
+
+
+def step_error(message: str | None, width: int = 160) -> str:
+    """A run's error without the ``step '...' failed:`` prefix (the step has its column)."""
+    return _STEP_FAILED.sub("", message or "")[:width]
 
 
 def safe_link(url: object) -> str | None:
@@ -155,7 +165,7 @@ def hbars(
     items: Sequence[tuple[str, float | None, str]],
     *,
     css: str = "bar",
-    width: float = CHART_WIDTH - 220,
+    width: float = CHART_WIDTH - 260,
     row: float = 18,
 ) -> list[Bar]:
     """``(label, value, value text)`` as bars scaled to the largest value (``None`` is 0)."""
