@@ -62,7 +62,8 @@ def main() -> None:
             for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                              "--window-size=1360,900", "--hide-scrollbars"):  # fmt: skip
                 options.add_argument(argument)
-            service = Service(executable_path=os.environ.get("FLOWTEL_CHROMEDRIVER", "chromedriver"))
+            driver_path = os.environ.get("FLOWTEL_CHROMEDRIVER", "/usr/bin/chromedriver")
+            service = Service(executable_path=driver_path)
             driver = webdriver.Chrome(service=service, options=options)
             try:
                 args.out.mkdir(parents=True, exist_ok=True)

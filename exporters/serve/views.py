@@ -28,8 +28,8 @@ __all__ = [
     "hbars",
     "outcome_bar",
     "safe_link",
-    "step_error",
     "status_class",
+    "step_error",
     "waterfall",
 ]
 
