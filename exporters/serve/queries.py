@@ -140,8 +140,10 @@ def runs_page(
             dated = base.where(_H.started_at.is_not(None))
             if after is not None:
                 started, row_id = after
+                # the first condition alone bounds an index range on every dialect
                 dated = dated.where(
-                    (_H.started_at < started) | ((_H.started_at == started) & (_H.id < row_id))
+                    _H.started_at <= started,
+                    (_H.started_at < started) | (_H.id < row_id),
                 )
             dated = dated.order_by(_H.started_at.desc(), _H.id.desc()).limit(limit + 1)
             rows = list(conn.execute(dated))
