@@ -10,12 +10,14 @@ import html.parser
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event as sa_event
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 
@@ -535,3 +537,35 @@ def test_root_path_prefixes_every_link(db_url: str, run_ids: list[str]) -> None:
         assert local and all(link.startswith("/flowtel/") for link in local), local
         assert 'data-live-events="/flowtel/api/events"' in page.text
     app.state.flowtel.engine.dispose()
+
+
+def test_open_pages_share_one_look_at_the_database(
+    db_url: str, engine: Engine, run_ids: list[str]
+) -> None:
+    """Two open live streams cost one snapshot per poll interval, not one each."""
+    poll, window = 0.2, 3.0
+    app = create_app(db_url, poll_interval=poll)
+    looks: list[float] = []
+
+    def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if "IN (" in statement.upper() and "workflow_history" in statement:
+            looks.append(time.monotonic())  # the "runs in progress" query of each snapshot
+
+    served = app.state.flowtel.engine
+    sa_event.listen(served, "before_cursor_execute", count)
+    try:
+        with (
+            serving(app) as base,
+            httpx.stream("GET", f"{base}/api/events", timeout=30) as one,
+            httpx.stream("GET", f"{base}/api/events", timeout=30) as two,
+        ):
+            lines = [one.iter_lines(), two.iter_lines()]
+            for stream in lines:
+                read_events(stream, lambda e: e[-1]["event"] == "ready")
+            started = time.monotonic()
+            time.sleep(window)
+            during = [t for t in looks if started <= t < started + window]
+        assert len(during) <= window / (0.9 * poll) + 2, len(during)
+    finally:
+        sa_event.remove(served, "before_cursor_execute", count)
+        served.dispose()

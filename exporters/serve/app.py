@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -143,6 +144,17 @@ def followed_run(
 
 
 Followed = Annotated[str | None, Depends(followed_run)]
+
+
+@dataclasses.dataclass
+class _Feed:
+    """The live stream's latest look at the runs, shared by every open page."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    at: float = float("-inf")
+    runs: dict[str, RunSummary] = dataclasses.field(default_factory=dict)
+    covered: set[str] = dataclasses.field(default_factory=set)
+    active: set[str] = dataclasses.field(default_factory=set)
 
 
 @dataclasses.dataclass
@@ -357,7 +369,10 @@ def create_app(
         first = True
         while not await request.is_disconnected():
             try:
-                snapshot = await run_in_threadpool(_snapshot, follow, run is None)
+                if run is None:
+                    snapshot = await shared_snapshot(follow)
+                else:
+                    snapshot = await run_in_threadpool(_snapshot, follow, False)
             except SQLAlchemyError as exc:
                 yield ServerSentEvent(
                     event="unavailable",
@@ -384,6 +399,20 @@ def create_app(
     def _snapshot(follow: set[str], everything: bool) -> dict[str, RunSummary]:
         with engine.connect() as conn:
             return live_snapshot(conn, follow, newest=20 if everything else 0)
+
+    feed = _Feed()
+
+    async def shared_snapshot(follow: set[str]) -> dict[str, RunSummary]:
+        """One look at the database per poll interval, however many pages are open."""
+        async with feed.lock:
+            fresh = time.monotonic() - feed.at < server.poll_interval * 0.9
+            if fresh and follow <= feed.covered:
+                return feed.runs
+            wanted = feed.active | follow
+            runs = await run_in_threadpool(_snapshot, wanted, True)
+            feed.runs, feed.at, feed.covered = runs, time.monotonic(), wanted | set(runs)
+            feed.active = {k for k, v in runs.items() if v.status in _ACTIVE}
+            return runs
 
     def _stats(
         since: str, until: str | None, workflow: str | None, by: str | None, top: int
