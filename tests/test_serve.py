@@ -8,6 +8,8 @@ import base64
 import datetime as dt
 import html.parser
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -569,3 +571,41 @@ def test_open_pages_share_one_look_at_the_database(
     finally:
         sa_event.remove(served, "before_cursor_execute", count)
         served.dispose()
+
+
+def test_flowtel_serve_with_a_token_from_the_environment(tmp_path: Any) -> None:
+    """`flowtel serve --host 0.0.0.0` with FLOWTEL_SERVE_TOKEN starts and guards every path."""
+    url = f"sqlite:///{tmp_path}/h.db"
+    writer = make_engine(url)
+    create_schema(writer)
+    seed_history(writer, completed=1)
+    writer.dispose()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "FLOWTEL_SERVE_TOKEN": "env-token", "PYTHONPATH": sys.path[0]}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "exporters.cli", "serve", "--db", url, "--host", "0.0.0.0",
+         "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                first = httpx.get(f"{base}/api/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.communicate()[1]
+                assert time.monotonic() < deadline, "flowtel serve did not start"
+                time.sleep(0.2)
+        assert first.status_code == 401
+        bearer = {"Authorization": "Bearer env-token"}
+        assert httpx.get(f"{base}/api/health", headers=bearer).json()["status"] == "ok"
+        assert httpx.get(f"{base}/", headers=bearer).status_code == 200
+        assert httpx.get(f"{base}/", headers={"Authorization": "Bearer nope"}).status_code == 401
+    finally:
+        server.terminate()
+        _out, err = server.communicate(timeout=30)
+    assert "Traceback" not in err
