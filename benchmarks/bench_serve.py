@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -166,7 +167,7 @@ def bench(url: str, requests: int, poll: float) -> dict[str, Any]:
                 "next_cursor"
             ]
         week = f"since={since.isoformat().replace('+00:00', 'Z')}"
-        pick = iter(ids * (requests // len(ids) + 2))
+        pick = itertools.cycle(ids)
         cases: dict[str, Callable[[], Any]] = {
             "store.list_runs() [baseline]": lambda: store.list_runs(),
             "GET / (runs list, HTML)": get(client, "/"),
