@@ -246,7 +246,7 @@ def test_demo_on_a_server_database_hints_with_the_variable(db_url: str) -> None:
     if password is None:  # the SQLite case: the URL as given
         assert f"--db {shlex.quote(db_url)}" in hints
         return
-    assert hints.count('--db "$FLOWTEL_DATABASE_URL"') == 2
+    assert hints.count('--db "$FLOWTEL_DATABASE_URL"') == 3  # runs, show, serve
     assert "FLOWTEL_DATABASE_URL set to the URL you gave --db" in hints
     assert f":{password}@" not in done.stdout + done.stderr
     assert "***" not in hints
@@ -273,3 +273,13 @@ def test_ctrl_c_ends_a_command_with_130(tmp_path: Path) -> None:
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "Interrupted."
+
+
+def test_demo_ends_by_suggesting_flowtel_serve(tmp_path: Path) -> None:
+    """The last Next: hint opens the web view on the same database."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    done = flowtel("demo", "--runs", "2", "--step-delay", "0", "--db", url)
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.split("Next:")[1].strip().splitlines()[-1]
+    assert last.strip().startswith(f"flowtel serve --db {shlex.quote(url)}"), last
+    assert "http://127.0.0.1:8765/" in last

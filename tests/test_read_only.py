@@ -107,7 +107,8 @@ def test_a_history_in_rollback_journal_mode_is_read_and_stays_so(tmp_path: Path)
 
 def test_the_read_engine_refuses_writes(db_url: str) -> None:
     """On every backend the read engine's sessions are read-only."""
-    create_schema(make_engine(db_url))
+    writer = make_engine(db_url)
+    create_schema(writer)
     engine = make_read_engine(db_url)
     try:
         with engine.connect() as connection:
@@ -117,8 +118,9 @@ def test_the_read_engine_refuses_writes(db_url: str) -> None:
             connection.execute(sa.text("CREATE TABLE intruder (id INTEGER)"))
     finally:
         engine.dispose()
-    with make_engine(db_url).connect() as connection:
+    with writer.connect() as connection:
         assert not sa.inspect(connection).has_table("intruder")
+    writer.dispose()
 
 
 def test_the_read_engine_never_creates_a_sqlite_file(tmp_path: Path) -> None:

@@ -248,5 +248,5 @@ def test_configure_does_not_fail_on_an_unreachable_database(
         handle.shutdown(1_000)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, errors
-    assert "flowtel:***@127.0.0.1:1" in errors[0] and "spooling" in errors[0]
+    assert "@127.0.0.1:1/flowtel" in errors[0] and "spooling" in errors[0]
     assert "s3cret-pw" not in caplog.text

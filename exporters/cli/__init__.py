@@ -21,6 +21,7 @@ from exporters.cli.exit_status import ExitStatus
 from exporters.cli.history import runs, show
 from exporters.cli.ingest import ingest
 from exporters.cli.reap import reap
+from exporters.cli.serve import serve
 from exporters.cli.spool import spool
 from exporters.cli.stats import stats
 from exporters.cli.tail import tail
@@ -51,6 +52,7 @@ main.add_command(demo)
 main.add_command(ingest)
 main.add_command(reap)
 main.add_command(runs)
+main.add_command(serve)
 main.add_command(show)
 main.add_command(spool)
 main.add_command(stats)

@@ -247,3 +247,8 @@ def _print_summary(summary: DemoSummary, shown: str, db: str | None, flushed: bo
         )
     else:
         console.print(f"  flowtel runs{db_arg}", markup=False, soft_wrap=True)
+    console.print(
+        f"  flowtel serve{db_arg}   # then open http://127.0.0.1:8765/",
+        markup=False,
+        soft_wrap=True,
+    )
