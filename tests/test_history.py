@@ -109,8 +109,13 @@ def test_running_row_is_visible_and_advances(history: History) -> None:
     assert (history.runs()[0].status, history.runs()[0].steps_completed) == ("completed", 2)
 
 
-def _poll(history: History, done: object, within_s: float = 1.0) -> list[object]:
-    """Read the runs until *done(rows)* holds, for at most *within_s* seconds."""
+def _poll(history: History, done: object, within_s: float = 10.0) -> list[object]:
+    """Read the runs until *done(rows)* holds, for at most *within_s* seconds.
+
+    A generous bound, not a speed check: on a loaded machine the writer's first batch also
+    creates the tables. How fast a row becomes visible is measured by the benchmark suite's
+    visibility comparison (p99 about 0.13 s), never asserted here.
+    """
     deadline = time.monotonic() + within_s
     while True:
         try:

@@ -79,12 +79,12 @@ class Ingest:
     def start(self) -> Ingest:
         self.starts += 1
         env = {**os.environ, "PYTHONPATH": str(ROOT), "FLOWTEL_SPOOL_DIR": str(self.workdir)}
-        log = (self.workdir / f"ingest-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "exporters.cli", "ingest", "--db", self.db_url,
-             "--listen", f"127.0.0.1:{self.port}", "--commit-timeout", "5"],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with (self.workdir / f"ingest-{self.starts}.log").open("wb") as log:  # the child keeps it
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "exporters.cli", "ingest", "--db", self.db_url,
+                 "--listen", f"127.0.0.1:{self.port}", "--commit-timeout", "5"],
+                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         wait_until(lambda: healthy(f"http://127.0.0.1:{self.port}/health"), 30, "ingest")
         return self
 
