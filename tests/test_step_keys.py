@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +23,23 @@ from exporters.db.schema import workflow_step_history
 from exporters.db.upsert import upsert_rows
 from instrumentation import RunStatus, StepStatus, workflow_run
 from tests.conftest import History
+
+_engines: list[sa.Engine] = []
+
+
+def engine_of(url: str) -> sa.Engine:
+    """An engine on *url* with the history tables, disposed after the test."""
+    engine = make_engine(url)
+    create_schema(engine)
+    _engines.append(engine)
+    return engine
+
+
+@pytest.fixture(autouse=True)
+def _dispose() -> Iterator[None]:
+    yield
+    while _engines:
+        _engines.pop().dispose()
 
 
 def step(run_id: str, span_id: str, index: int, status: str, **extra: Any) -> dict[str, Any]:
@@ -59,8 +77,7 @@ def test_seeded_default_ids_in_three_runs_keep_all_nine_steps(
 
 @pytest.mark.parametrize("path", [upsert_rows, bulk_upsert_rows])
 def test_same_span_id_in_other_runs_gives_rows_of_their_own(db_url: str, path: Any) -> None:
-    engine = make_engine(db_url)
-    create_schema(engine)
+    engine = engine_of(db_url)
     rows = [step(f"run-{n}", "00f067aa0ba902b7", 1, StepStatus.COMPLETED) for n in range(3)]
     with engine.begin() as connection:
         result = path(connection, [], rows)
@@ -74,8 +91,7 @@ def test_same_span_id_in_other_runs_gives_rows_of_their_own(db_url: str, path: A
 def test_two_steps_claiming_one_key_are_counted_and_logged(
     db_url: str, path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = make_engine(db_url)
-    create_schema(engine)
+    engine = engine_of(db_url)
     first = step("run-1", "00f067aa0ba902b7", 1, StepStatus.RUNNING)
     other = step("run-1", "00f067aa0ba902b7", 2, StepStatus.COMPLETED)
     again = step("run-1", "00f067aa0ba902b7", 1, StepStatus.COMPLETED)

@@ -32,16 +32,13 @@ from exporters.db.bulk import bulk_upsert_rows
 from exporters.db.check import prepare_schema
 from exporters.db.driver_errors import refused
 from exporters.db.engine import display_url
-from exporters.db.upsert import step_replaces
+from exporters.db.upsert import run_replaces, step_replaces
 from exporters.spool.files import spool_directory, spool_files, spool_key
 from exporters.spool.format import RUN, SpoolHeader, read_header, read_records
-from instrumentation.attributes import FINAL_RUN_STATUSES
 
 __all__ = ["ReplayResult", "Replayer", "fold_rows", "replay_spool"]
 
 logger = logging.getLogger("flowtel.spool")
-
-_FINAL = frozenset(s.value for s in FINAL_RUN_STATUSES)
 
 
 class _Claim:
@@ -78,7 +75,9 @@ def fold_rows(
     for kind, row in rows:
         if kind == RUN:
             current = runs.get(row["run_id"])
-            if current is None or (current["status"] not in _FINAL and current["seq"] < row["seq"]):
+            if current is None or run_replaces(
+                current["status"], current["seq"], row["status"], row["seq"]
+            ):
                 runs[row["run_id"]] = row
         else:
             key = (row["run_id"], row["span_id"])
