@@ -21,6 +21,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import attributes as attr
+from ._clock import SpanClock
 from ._ids import new_run_id
 from ._spans import (
     AsyncScope,
@@ -204,6 +205,7 @@ class RunScope(AsyncScope[WorkflowRun]):
         self._parent = _remote_parent(traceparent) if traceparent is not None else None
         self._run: WorkflowRun | None = None
         self._tokens: tuple[object, contextvars.Token[WorkflowRun | None]] | None = None
+        self._clock: SpanClock | None = None
 
     def __enter__(self) -> WorkflowRun:
         tracer = get_tracer(self._tracer_provider)
@@ -220,10 +222,12 @@ class RunScope(AsyncScope[WorkflowRun]):
         parent = _current_run.get()
         if parent is not None:
             attributes[attr.RUN_PARENT_RUN_ID] = parent.run_id
+        self._clock = clock = SpanClock()
         span = tracer.start_span(
             self._name,
             context=self._parent,
             attributes=attributes,
+            start_time=clock.start_ns,
             record_exception=False,
             set_status_on_exception=False,
         )
@@ -239,7 +243,7 @@ class RunScope(AsyncScope[WorkflowRun]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        run, tokens = self._run, self._tokens
+        run, tokens, clock = self._run, self._tokens, self._clock
         if run is None or tokens is None:
             return
         self._run = self._tokens = None
@@ -248,7 +252,7 @@ class RunScope(AsyncScope[WorkflowRun]):
         finally:
             _current_run.reset(tokens[1])
             otel_context.detach(tokens[0])  # type: ignore[arg-type]
-            run.span.end()
+            run.span.end(end_time=clock.end_ns() if clock is not None else None)
 
 
 def workflow_run(
