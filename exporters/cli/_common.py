@@ -12,7 +12,6 @@ Tables go through a rich console that is wide enough to read when piped.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,13 +22,14 @@ import click
 from rich.console import Console
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from exporters.cli.exit_status import ExitStatus
+from exporters.db.driver_errors import describe
 from exporters.db.engine import DatabaseURLError, display_url, resolve_database_url
+from exporters.db.json import dumps_text
 from exporters.ops.durations import DURATION_FORMS, parse_duration
 from exporters.query.store import HistoryStore
-from instrumentation.redaction import mask_url_credentials
 
 __all__ = [
     "NOTHING_RECORDED",
@@ -76,12 +76,7 @@ def db_option(func: F) -> F:
 
 
 def _reason(exc: BaseException, url: URL) -> str:
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    lines = str(cause).strip().splitlines()
-    text = f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    if url.password:
-        text = text.replace(str(url.password), "***")
-    return mask_url_credentials(text)
+    return describe(exc, url)
 
 
 @contextmanager
@@ -203,4 +198,4 @@ def make_console(*, stderr: bool = False) -> Console:
 
 def echo_json(data: Any) -> None:
     """Print *data* as indented JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    click.echo(dumps_text(data, indent=2))

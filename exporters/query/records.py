@@ -14,6 +14,9 @@ import dataclasses
 import datetime as dt
 from typing import Any, Literal
 
+from exporters.db.json import json_ready
+from instrumentation.attributes import StepStatus
+
 __all__ = [
     "ActiveRun",
     "FailingStep",
@@ -33,19 +36,9 @@ MatchedBy = Literal["run_id", "workflow_id", "prefix"]
 """How :meth:`~exporters.query.store.HistoryStore.get_run` resolved a reference."""
 
 
-def json_value(value: Any) -> Any:
-    """Return *value* ready for ``json.dumps``: datetimes as ISO 8601 UTC, records as dicts.
-
-    Naive datetimes are taken as UTC; lists, tuples and dictionaries are converted item by item.
-    """
-    if isinstance(value, dt.datetime):
-        utc = value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    if isinstance(value, list | tuple):
-        return [json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
-    return value.to_json() if isinstance(value, Record) else value
+json_value = json_ready
+"""Return a value ready for ``json.dumps``: datetimes as ISO 8601 UTC, records as dicts (the
+house encoder's :func:`~exporters.db.json.json_ready`)."""
 
 
 class Record:
@@ -147,7 +140,7 @@ class RunDetail(RunSummary):
     @property
     def failed_step(self) -> StepRecord | None:
         """The last attempt that ended ``failed``, if any."""
-        return next((s for s in reversed(self.steps) if s.status == "failed"), None)
+        return next((s for s in reversed(self.steps) if s.status == StepStatus.FAILED), None)
 
     @property
     def trace_url(self) -> str | None:

@@ -17,7 +17,6 @@ between batches; :func:`replay_spool` drains a spool in one call (``configure()`
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import time
@@ -30,8 +29,9 @@ from sqlalchemy.engine import Engine
 
 from exporters.db.bulk import bulk_upsert_rows
 from exporters.db.check import prepare_schema
-from exporters.db.driver_errors import refused
+from exporters.db.driver_errors import describe, refused
 from exporters.db.engine import display_url
+from exporters.db.json import dumps_text
 from exporters.db.upsert import run_replaces, step_replaces
 from exporters.spool.files import spool_directory, spool_files, spool_key
 from exporters.spool.format import RUN, SpoolHeader, read_header, read_records
@@ -146,8 +146,8 @@ class Replayer:
 
     def _reject(self, record: tuple[str, dict[str, Any]], exc: Exception) -> None:
         path = self.directory / "rejected.jsonl"
-        error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-        line = json.dumps({"kind": record[0], "row": record[1], "error": error}, default=str)
+        error = describe(exc)
+        line = dumps_text({"kind": record[0], "row": record[1], "error": error})
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, line.encode() + b"\n")
@@ -264,9 +264,4 @@ def replay_spool(
 
 
 def _describe(exc: Exception, engine: Engine) -> str:
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
-    password = engine.url.password
-    if password:
-        text = text.replace(str(password), "***")
-    return f"{text} ({display_url(engine.url)})"
+    return f"{describe(exc, engine.url)} ({display_url(engine.url)})"
