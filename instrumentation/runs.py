@@ -30,6 +30,7 @@ from ._spans import (
     get_tracer,
     is_cancellation,
     record_error,
+    traceparent_of,
 )
 from ._validation import (
     check_name,
@@ -95,8 +96,7 @@ class WorkflowRun:
     @property
     def traceparent(self) -> str:
         """The W3C ``traceparent`` of the run's span, to resume the run elsewhere."""
-        ctx = self.span.get_span_context()
-        return f"00-{self.trace_id}-{trace.format_span_id(ctx.span_id)}-{int(ctx.trace_flags):02x}"
+        return traceparent_of(self.span.get_span_context())
 
     def step(
         self,

@@ -12,10 +12,15 @@ import json
 from pathlib import Path
 
 import sqlalchemy as sa
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from exporters.db.driver_errors import describe
 from exporters.db.json import dumps_text, json_ready
-from instrumentation import RunStatus, StepStatus
+from instrumentation import RunStatus, StepStatus, workflow_run
+from instrumentation._spans import traceparent_of
+from tests.conftest import History
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_WORDS = {s.value for s in RunStatus} | {s.value for s in StepStatus}
@@ -73,3 +78,20 @@ def test_one_encoder_for_output() -> None:
     }
     assert json.loads(dumps_text(value)) == expected
     assert json_ready(value) == expected
+
+
+def test_traceparent_is_written_by_the_w3c_propagator(
+    history: History, tracer_provider: TracerProvider
+) -> None:
+    with workflow_run("wf", tracer_provider=tracer_provider) as run:
+        written = run.traceparent
+        context = run.span.get_span_context()
+    history.flush()
+    extracted = trace.get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": written})
+    ).get_span_context()
+    assert (extracted.trace_id, extracted.span_id) == (context.trace_id, context.span_id)
+    assert extracted.trace_flags == context.trace_flags
+    (row,) = history.runs(run_id=run.run_id)
+    assert row.metadata["trace"]["traceparent"] == written
+    assert traceparent_of(trace.INVALID_SPAN_CONTEXT) == ""
