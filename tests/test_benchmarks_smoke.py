@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPARISONS = ("caller", "throughput", "writer", "visibility", "memory", "workers")
+COMPARISONS = ("caller", "throughput", "writer", "visibility", "memory", "workers", "bulk")
 
 
 def _number(value: Any) -> bool:

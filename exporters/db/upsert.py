@@ -168,6 +168,8 @@ def _mysql(table: Table, key: Sequence[str], columns: Sequence[str], guard: Any)
     return stmt.on_duplicate_key_update(assignments)
 
 
+_ON_CONFLICT = ("sqlite", "postgresql")
+"""Dialects with ``ON CONFLICT ... DO UPDATE ... WHERE`` (the others: ``ON DUPLICATE KEY``)."""
 _cache: dict[tuple[str, str], Executable] = {}
 
 
@@ -175,7 +177,7 @@ def _statement(dialect: str, kind: str) -> Executable:
     cached = _cache.get((dialect, kind))
     if cached is not None:
         return cached
-    if dialect in ("sqlite", "postgresql"):
+    if dialect in _ON_CONFLICT:
         if kind == "run":
             stmt = _on_conflict(dialect, workflow_history, ("run_id",), RUN_COLUMNS, _run_guard)
         else:
@@ -192,6 +194,20 @@ def _statement(dialect: str, kind: str) -> Executable:
         )
     _cache[(dialect, kind)] = stmt
     return stmt
+
+
+def _returning(dialect: str, kind: str, returning: bool) -> Executable:
+    """The cached upsert, with ``RETURNING id`` when *returning* (insertmanyvalues batches
+    ``executemany`` into multi-row statements only for statements that return rows)."""
+    if not returning:
+        return _statement(dialect, kind)
+    key = (dialect, f"{kind}+returning")
+    cached = _cache.get(key)
+    if cached is None:
+        table = workflow_history if kind == "run" else workflow_step_history
+        statement: Any = _statement(dialect, kind)
+        cached = _cache[key] = statement.returning(table.c.id)
+    return cached
 
 
 def run_upsert(dialect: str) -> Executable:
@@ -253,11 +269,23 @@ def upsert_rows(
     run_rows: Sequence[dict[str, Any]],
     step_rows: Sequence[dict[str, Any]],
 ) -> UpsertResult:
-    """Upsert *run_rows* and *step_rows* on *connection* (inside the caller's transaction)."""
-    dialect = connection.dialect.name
+    """Upsert *run_rows* and *step_rows* on *connection* (inside the caller's transaction).
+
+    Where the dialect batches ``executemany`` with ``RETURNING`` into multi-row statements
+    (SQLAlchemy's public "insertmanyvalues": SQLite, PostgreSQL) the statements return the ids
+    of the rows they wrote, which also tells whether any step row was refused; elsewhere
+    (MariaDB/MySQL, whose driver already rewrites ``executemany`` into multi-row statements)
+    they run as a plain ``executemany``.
+    """
+    dialect = connection.dialect
+    returning = dialect.name in _ON_CONFLICT and bool(
+        getattr(dialect, "insert_executemany_returning", False)
+    )
     if run_rows:
-        connection.execute(run_upsert(dialect), list(run_rows))
+        connection.execute(_returning(dialect.name, "run", returning), list(run_rows))
+    written: int | None = None
     if step_rows:
-        connection.execute(step_upsert(dialect), list(step_rows))
-    conflicts = count_step_conflicts(connection, step_rows)
+        result = connection.execute(_returning(dialect.name, "step", returning), list(step_rows))
+        written = len(result.all()) if returning else None
+    conflicts = count_step_conflicts(connection, step_rows, written)
     return UpsertResult(len(run_rows), len(step_rows), conflicts)
