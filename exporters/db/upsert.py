@@ -43,6 +43,7 @@ __all__ = [
     "UnsupportedDatabaseError",
     "UpsertResult",
     "count_step_conflicts",
+    "other_step",
     "run_replaces",
     "run_status_rank",
     "run_upsert",
@@ -137,6 +138,12 @@ def _on_conflict(
         where=condition,
     )
     return upsert
+
+
+def other_step(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether step rows *current* and *new*, under one key, are different step attempts (a
+    conflict: *new* is never written over *current*)."""
+    return any(current[name] != new[name] for name in _STEP_IDENTITY)
 
 
 def step_replaces(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -32,7 +32,7 @@ from exporters.db.check import prepare_schema
 from exporters.db.driver_errors import describe, refused
 from exporters.db.engine import display_url
 from exporters.db.json import dumps_text
-from exporters.db.upsert import run_replaces, step_replaces
+from exporters.db.upsert import other_step, run_replaces, step_replaces
 from exporters.spool.files import spool_directory, spool_files, spool_key
 from exporters.spool.format import RUN, SpoolHeader, read_header, read_records
 
@@ -69,9 +69,14 @@ class _Claim:
 def fold_rows(
     rows: Sequence[tuple[str, dict[str, Any]]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Fold snapshots of the same key the way the upsert guards would, in order."""
+    """Fold snapshots of the same key the way the upsert guards would, in order.
+
+    A step row of another step under a key already taken is a conflict: the first is kept, as
+    the database would, and the others are logged at WARNING.
+    """
     runs: dict[str, dict[str, Any]] = {}
     steps: dict[tuple[str, str], dict[str, Any]] = {}
+    conflicts: list[tuple[str, str]] = []
     for kind, row in rows:
         if kind == RUN:
             current = runs.get(row["run_id"])
@@ -84,6 +89,15 @@ def fold_rows(
             current = steps.get(key)
             if current is None or step_replaces(current, row):
                 steps[key] = row
+            elif other_step(current, row):
+                conflicts.append(key)
+    if conflicts:
+        logger.warning(
+            "flowtel kept %d spooled step row(s) out of the history: another step of the same "
+            "run holds the same span id (first: run %s span %s)",
+            len(conflicts),
+            *conflicts[0],
+        )
     return list(runs.values()), list(steps.values())
 
 
