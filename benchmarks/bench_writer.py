@@ -35,7 +35,13 @@ from benchmarks.common import (
     run_flowtel_workflows,
 )
 from exporters import make_engine
-from exporters.db.schema import create_schema, metadata, workflow_history, workflow_step_history
+from exporters.db.schema import (
+    STEP_KEY,
+    create_schema,
+    metadata,
+    workflow_history,
+    workflow_step_history,
+)
 from exporters.history import writer as writer_module
 from exporters.history.capture import capture_end, capture_start
 from exporters.history.writer import HistoryWriter
@@ -95,20 +101,22 @@ def render_rows(events: list[Any]) -> list[tuple[list[dict[str, Any]], list[dict
     return captured
 
 
-def _core_upsert(dialect: str, table: sa.Table, key: str, rows: list[dict[str, Any]] | None) -> Any:
+def _core_upsert(
+    dialect: str, table: sa.Table, key: tuple[str, ...], rows: list[dict[str, Any]] | None
+) -> Any:
     """The dialect's upsert of *table*, with *rows* as its ``VALUES`` (or bound per execution)."""
     if dialect == "mysql":
         stmt = mysql.insert(table)
         stmt = stmt.values(rows) if rows is not None else stmt
         return stmt.on_duplicate_key_update(
-            {c.name: stmt.inserted[c.name] for c in table.columns if c.name not in ("id", key)}
+            {c.name: stmt.inserted[c.name] for c in table.columns if c.name not in ("id", *key)}
         )
     module: Any = postgresql if dialect == "postgresql" else sqlite
     stmt = module.insert(table)
     stmt = stmt.values(rows) if rows is not None else stmt
     return stmt.on_conflict_do_update(
-        index_elements=[key],
-        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", key)},
+        index_elements=list(key),
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", *key)},
     )
 
 
@@ -121,10 +129,10 @@ def core_values_round(engine: sa.Engine, rendered: list[Any]) -> float:
         with engine.begin() as connection:
             for offset in range(0, len(run_rows), 500):
                 chunk = run_rows[offset : offset + 500]
-                connection.execute(_core_upsert(dialect, workflow_history, "run_id", chunk))
+                connection.execute(_core_upsert(dialect, workflow_history, ("run_id",), chunk))
             for offset in range(0, len(step_rows), 1000):
                 chunk = step_rows[offset : offset + 1000]
-                connection.execute(_core_upsert(dialect, workflow_step_history, "span_id", chunk))
+                connection.execute(_core_upsert(dialect, workflow_step_history, STEP_KEY, chunk))
     return time.perf_counter() - started
 
 
@@ -133,8 +141,8 @@ def core_executemany_round(engine: sa.Engine, rendered: list[Any]) -> float:
     "insertmanyvalues" batching of one cached statement into multi-row ``VALUES``."""
     reset_tables(engine)
     dialect = engine.dialect.name
-    run_statement = _core_upsert(dialect, workflow_history, "run_id", None)
-    step_statement = _core_upsert(dialect, workflow_step_history, "span_id", None)
+    run_statement = _core_upsert(dialect, workflow_history, ("run_id",), None)
+    step_statement = _core_upsert(dialect, workflow_step_history, STEP_KEY, None)
     started = time.perf_counter()
     for run_rows, step_rows in rendered:
         with engine.begin() as connection:
@@ -164,7 +172,7 @@ def measure(url: str, *, rounds: int, workflows: int) -> dict[str, Any]:
     rendered = render_rows(events)
     rows = sum(len(r) + len(s) for r, s in rendered)  # a run cut by a batch counts twice
     unique_runs = {row["run_id"] for runs, _ in rendered for row in runs}
-    unique_steps = {row["span_id"] for _, steps in rendered for row in steps}
+    unique_steps = {(row["run_id"], row["span_id"]) for _, steps in rendered for row in steps}
     assert (len(unique_runs), len(unique_steps)) == (workflows, workflows * len(STEPS))
     writer_round(engine, events)  # warm-up: statement caches, connection
     core_values_round(engine, rendered)

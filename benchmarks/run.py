@@ -28,11 +28,12 @@ if __package__ in (None, ""):
 
 from benchmarks.common import BACKENDS, ROOT, available_backends, machine_info
 
-COMPARISONS = ("caller", "throughput", "writer", "visibility", "memory", "workers")
+COMPARISONS = ("caller", "throughput", "writer", "visibility", "memory", "workers", "bulk")
 
 
 def _runners(backends: list[str], quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
     from benchmarks import (
+        bench_bulk,
         bench_caller,
         bench_memory,
         bench_throughput,
@@ -48,6 +49,7 @@ def _runners(backends: list[str], quick: bool) -> dict[str, Callable[[], dict[st
         "visibility": lambda: bench_visibility.run(backends, quick=quick),
         "memory": lambda: bench_memory.run(quick=quick),
         "workers": lambda: bench_workers.run(backends, quick=quick),
+        "bulk": lambda: bench_bulk.run(backends, quick=quick),
     }
 
 
@@ -134,6 +136,18 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     f"{_f(r['core_rows_per_s'], '{:.0f}')}",
                     f"{_f(r['ratio']['median'])}x Core",
                     ">= 0.8x",
+                )
+            )
+    if "bulk" in c:
+        for db, r in c["bulk"]["databases"].items():
+            rows.append(
+                (
+                    "7 bulk vs insertmanyvalues",
+                    db,
+                    f"{_f(r['bulk_rows_per_s'], '{:.0f}')} rows/s vs public "
+                    f"{_f(r['insertmanyvalues_rows_per_s'], '{:.0f}')}",
+                    f"{_f(r['ratio']['median'])}x (public: {'yes' if r['public_path'] else 'no'})",
+                    ">= 0.9x: public",
                 )
             )
     if "visibility" in c:

@@ -17,7 +17,8 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from . import attributes as attr
@@ -34,7 +35,10 @@ __all__ = [
     "get_tracer",
     "is_cancellation",
     "record_error",
+    "traceparent_of",
 ]
+
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 CANCELLING: tuple[type[BaseException], ...] = (
     asyncio.CancelledError,
@@ -43,6 +47,15 @@ CANCELLING: tuple[type[BaseException], ...] = (
 )
 
 _cache: tuple[trace.TracerProvider | None, trace.Tracer | None] = (None, None)
+
+
+def traceparent_of(span_context: SpanContext) -> str:
+    """The W3C ``traceparent`` of *span_context*, written by the W3C propagator (``""`` for
+    an invalid context, which has no ``traceparent``)."""
+    carrier: dict[str, str] = {}
+    span = trace.NonRecordingSpan(span_context)
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
 
 
 def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tracer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "ACTIVE_RUN_STATUSES",
     "CONTEXT_PREFIX",
     "ERROR_TYPE",
     "FINAL_RUN_STATUSES",
@@ -108,4 +109,7 @@ class StepStatus(enum.StrEnum):
 
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-"""Statuses nothing may overwrite once written."""
+"""Statuses a run ends with: only a stronger final status replaces one (see the README's
+delivery guarantees for the order)."""
+ACTIVE_RUN_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+"""Statuses of a run still under way (never pruned, counted as running)."""

@@ -21,6 +21,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import attributes as attr
+from ._clock import SpanClock
 from ._ids import new_run_id
 from ._spans import (
     AsyncScope,
@@ -29,6 +30,7 @@ from ._spans import (
     get_tracer,
     is_cancellation,
     record_error,
+    traceparent_of,
 )
 from ._validation import (
     check_name,
@@ -95,8 +97,7 @@ class WorkflowRun:
     @property
     def traceparent(self) -> str:
         """The W3C ``traceparent`` of the run's span, to resume the run elsewhere."""
-        ctx = self.span.get_span_context()
-        return f"00-{self.trace_id}-{trace.format_span_id(ctx.span_id)}-{int(ctx.trace_flags):02x}"
+        return traceparent_of(self.span.get_span_context())
 
     def step(
         self,
@@ -205,6 +206,7 @@ class RunScope(AsyncScope[WorkflowRun]):
         self._parent = _remote_parent(traceparent) if traceparent is not None else None
         self._run: WorkflowRun | None = None
         self._tokens: tuple[object, contextvars.Token[WorkflowRun | None]] | None = None
+        self._clock: SpanClock | None = None
 
     def __enter__(self) -> WorkflowRun:
         warn_if_nothing_records(self._name)
@@ -222,10 +224,12 @@ class RunScope(AsyncScope[WorkflowRun]):
         parent = _current_run.get()
         if parent is not None:
             attributes[attr.RUN_PARENT_RUN_ID] = parent.run_id
+        self._clock = clock = SpanClock()
         span = tracer.start_span(
             self._name,
             context=self._parent,
             attributes=attributes,
+            start_time=clock.start_ns,
             record_exception=False,
             set_status_on_exception=False,
         )
@@ -241,7 +245,7 @@ class RunScope(AsyncScope[WorkflowRun]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        run, tokens = self._run, self._tokens
+        run, tokens, clock = self._run, self._tokens, self._clock
         if run is None or tokens is None:
             return
         self._run = self._tokens = None
@@ -250,7 +254,7 @@ class RunScope(AsyncScope[WorkflowRun]):
         finally:
             _current_run.reset(tokens[1])
             otel_context.detach(tokens[0])  # type: ignore[arg-type]
-            run.span.end()
+            run.span.end(end_time=clock.end_ns() if clock is not None else None)
 
 
 def workflow_run(

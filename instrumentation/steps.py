@@ -18,6 +18,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import attributes as attr
+from ._clock import SpanClock
 from ._spans import AsyncScope, error_description, record_error
 from .attributes import StepStatus
 from .clean import clean_error_type, clean_message
@@ -122,7 +123,8 @@ def _clean(message: object) -> str | None:
 class StepScope(AsyncScope[StepRun]):
     """``with``/``async with`` scope of one step attempt; see ``WorkflowRun.step``."""
 
-    __slots__ = ("_attributes", "_name", "_run", "_step", "_token", "_tracer")
+    __slots__ = ("_attributes", "_clock", "_name", "_run", "_step", "_token", "_tracer")
+    _clock: SpanClock
 
     def __init__(
         self,
@@ -150,10 +152,12 @@ class StepScope(AsyncScope[StepRun]):
 
     def __enter__(self) -> StepRun:
         parent = self._run.parent_context
+        self._clock = clock = SpanClock()
         span = self._tracer.start_span(
             self._name,
             context=parent,
             attributes=self._attributes,
+            start_time=clock.start_ns,
             record_exception=False,
             set_status_on_exception=False,
         )
@@ -179,4 +183,4 @@ class StepScope(AsyncScope[StepRun]):
             step._finish(exc)
         finally:
             otel_context.detach(token)  # type: ignore[arg-type]
-            step.span.end()
+            step.span.end(end_time=self._clock.end_ns())

@@ -22,7 +22,7 @@ import pytest
 pytestmark = pytest.mark.benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPARISONS = ("caller", "throughput", "writer", "visibility", "memory", "workers")
+COMPARISONS = ("caller", "throughput", "writer", "visibility", "memory", "workers", "bulk")
 
 
 def _number(value: Any) -> bool:

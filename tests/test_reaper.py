@@ -8,13 +8,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from opentelemetry.sdk.trace import TracerProvider
 
 from exporters import WorkflowHistorySpanProcessor, create_schema, make_engine
 from exporters.cli.reap import reap as reap_command
-from exporters.db.schema import workflow_history
+from exporters.db.schema import workflow_history, workflow_step_history
 from exporters.db.upsert import upsert_rows
 from exporters.ops.reaper import reap
 from instrumentation import workflow_run
@@ -212,6 +213,44 @@ def test_reaping_closes_the_runs_open_steps_and_stops_its_clock(db_url: str) -> 
     run = rows(engine)["silent"]
     assert run["duration_ms"] == 30 * 60 * 1000 and run["completed_at"] is not None
     engine.dispose()
+
+
+@pytest.mark.parametrize("path", ["upsert", "bulk"])
+def test_a_stalled_owner_still_lands_its_reaped_steps_end(db_url: str, path: str) -> None:
+    """A process that was only stalled writes its step's end over the reaper's ``abandoned``."""
+    from exporters.db.bulk import bulk_upsert_rows
+    from tests.test_queries import step_row
+
+    write_steps = upsert_rows if path == "upsert" else bulk_upsert_rows
+    every_column = {c.name: None for c in workflow_step_history.columns if c.name != "id"}
+    engine = make_engine(db_url)
+    request_cleanup = engine.dispose
+    create_schema(engine)
+    write(engine, run_row("stalled", "running", dt.timedelta(minutes=30)))
+    begun = NOW - dt.timedelta(minutes=25)
+    open_step = every_column | step_row(
+        "stalled", 1, "a", status="running", started_at=begun, completed_at=None, duration_ms=None
+    )
+    with engine.begin() as connection:
+        write_steps(connection, [], [open_step])
+    assert len(reap(engine, dt.timedelta(minutes=10), now=NOW)) == 1
+    late = {**open_step, "status": "completed", "completed_at": NOW, "duration_ms": 1500}
+    another = every_column | step_row(
+        "stalled", 2, "a", started_at=begun, completed_at=NOW, duration_ms=1
+    )
+    another["span_id"] = open_step["span_id"]  # another step under the same key: still refused
+    try:
+        with engine.begin() as connection:
+            write_steps(connection, [], [late])
+        with engine.begin() as connection:
+            assert write_steps(connection, [], [another]).step_conflicts == 1
+        with engine.connect() as connection:
+            stored = connection.execute(
+                sa.text("SELECT step_index, status, duration_ms FROM workflow_step_history")
+            ).all()
+        assert [tuple(r) for r in stored] == [(1, "completed", 1500)]
+    finally:
+        request_cleanup()
 
 
 def test_show_stops_counting_an_abandoned_runs_duration(tmp_path: Path) -> None:

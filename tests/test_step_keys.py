@@ -22,6 +22,8 @@ from exporters import create_schema, make_engine
 from exporters.db.bulk import bulk_upsert_rows
 from exporters.db.schema import workflow_step_history
 from exporters.db.upsert import upsert_rows
+from exporters.spool.format import STEP
+from exporters.spool.replay import fold_rows
 from instrumentation import RunStatus, StepStatus, workflow_run
 from tests.conftest import History
 
@@ -101,3 +103,15 @@ def test_two_steps_claiming_one_key_are_counted_and_logged(
             sa.select(workflow_step_history.c.step_index, workflow_step_history.c.status)
         ).all()
     assert [tuple(r) for r in stored] == [(1, StepStatus.COMPLETED)]
+
+
+def test_the_replay_fold_keeps_the_first_of_two_steps_under_one_key_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = step("run-1", "00f067aa0ba902b7", 1, StepStatus.RUNNING)
+    other = step("run-1", "00f067aa0ba902b7", 2, StepStatus.COMPLETED)
+    elsewhere = step("run-2", "00f067aa0ba902b7", 1, StepStatus.COMPLETED)
+    with caplog.at_level(logging.WARNING, logger="flowtel.spool"):
+        _, steps = fold_rows([(STEP, first), (STEP, other), (STEP, elsewhere)])
+    assert steps == [first, elsewhere]
+    assert "run run-1 span 00f067aa0ba902b7" in caplog.text

@@ -12,7 +12,6 @@ Tables go through a rich console as wide as the terminal, or ``COLUMNS`` (80 by 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,16 +21,17 @@ import click
 from rich.console import Console
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from exporters.cli.exit_status import ExitStatus
+from exporters.db.driver_errors import describe
 from exporters.db.engine import DatabaseURLError, display_url, make_engine, resolve_database_url
+from exporters.db.json import dumps_text
 from exporters.db.schema import workflow_history, workflow_step_history
 from exporters.errors import DatabaseFileError
 from exporters.ops.durations import DURATION_FORMS, parse_duration
 from exporters.query.records import json_value
 from exporters.query.store import HistoryStore
-from instrumentation.redaction import mask_url_credentials
 
 __all__ = [
     "MAX_LIMIT",
@@ -82,12 +82,7 @@ def db_option(func: F) -> F:
 
 
 def _reason(exc: BaseException, url: URL) -> str:
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    lines = str(cause).strip().splitlines()
-    text = f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    if url.password:
-        text = text.replace(str(url.password), "***")
-    return mask_url_credentials(text)
+    return describe(exc, url)
 
 
 @contextmanager
@@ -272,4 +267,4 @@ def echo_json(data: Any) -> None:
     Datetimes, records and dataclasses go through :func:`~exporters.query.records.json_value`,
     so every command's ``--json`` writes ``2026-11-01T12:00:03.250000Z``.
     """
-    click.echo(json.dumps(json_value(data), indent=2, ensure_ascii=False))
+    click.echo(dumps_text(json_value(data), indent=2))

@@ -13,6 +13,7 @@ raises :class:`SchemaMismatchError` naming ``flowtel db upgrade`` on a blocking 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +32,8 @@ __all__ = [
     "check_schema",
     "prepare_schema",
 ]
+
+_PARTIAL_ATTEMPTS = 3  # tries to complete a schema another process is creating meanwhile
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -270,6 +273,16 @@ def prepare_schema(engine: Engine) -> SchemaReport:
         except SQLAlchemyError:
             if check_schema(engine).empty:  # else another process created them meanwhile
                 raise
+        report = check_schema(engine)
+    for attempt in range(_PARTIAL_ATTEMPTS):
+        if not report.blocking or any(d.kind != "missing_table" for d in report.blocking):
+            break
+        # One table there, the other not: another process is creating them right now (MariaDB
+        # commits each CREATE TABLE), or the other was dropped. Creating what is missing is safe.
+        try:
+            metadata.create_all(engine, checkfirst=True)
+        except SQLAlchemyError:
+            time.sleep(0.1 * (attempt + 1))  # that other process holds it: look again
         report = check_schema(engine)
     if report.blocking:
         raise SchemaMismatchError(report)

@@ -1,6 +1,9 @@
-"""The engine's JSON serializer: JSON every backend accepts, bounded to the metadata limit.
+"""flowtel's one JSON encoder: bounded text for JSON columns, plain text for people and files.
 
-:func:`dumps_json` is installed as the engine's ``json_serializer`` by
+:func:`json_default` is the one ``default=`` hook (timestamps as ISO 8601 UTC with ``Z``, enums
+as their value, records through their ``to_json()``, anything else as text); :func:`json_ready`
+applies the same conversions ahead of time and :func:`dumps_text` writes output (``--json``,
+``rejected.jsonl``) with it. :func:`dumps_json` is installed as the engine's ``json_serializer`` by
 :func:`~exporters.db.engine.make_engine`. It writes JSON that every backend accepts (no
 ``NaN``, no NUL, no lone surrogates) and bounds it to ``Limits.metadata_bytes``, sharing the
 budget between a mapping's entries smallest first so that small fields (timestamps, trace ids)
@@ -9,6 +12,8 @@ survive a huge one.
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +21,42 @@ from typing import Any
 from instrumentation.clean import TRUNCATED_KEY, clean_json, scrub
 from instrumentation.limits import get_limits, truncation_marker
 
-__all__ = ["dumps_json"]
+__all__ = ["dumps_json", "dumps_text", "iso_utc", "json_default", "json_ready"]
+
+
+def iso_utc(value: dt.datetime) -> str:
+    """*value* as ISO 8601 UTC with microseconds and ``Z`` (naive values are taken as UTC)."""
+    utc = value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def json_default(value: Any) -> Any:
+    """The ``default=`` hook of every JSON flowtel writes for people and files."""
+    if isinstance(value, dt.datetime):
+        return iso_utc(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json):
+        return to_json()
+    return str(value)
+
+
+def json_ready(value: Any) -> Any:
+    """*value* with :func:`json_default`'s conversions applied (lists, tuples and mappings item
+    by item), ready for any JSON encoder."""
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, enum.Enum) or not (value is None or isinstance(value, str | int | float)):
+        return json_default(value)
+    return value
+
+
+def dumps_text(value: Any, *, indent: int | None = None) -> str:
+    """JSON text of *value* for output (UTF-8 kept, :func:`json_default` for the rest)."""
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=json_default)
 
 
 def _size(text: str) -> int:

@@ -1,15 +1,19 @@
 """Idempotent, monotonic upserts of run and step rows, one statement per dialect.
 
-A run row is replaced only by a snapshot with a larger ``seq`` and never once it holds a final
-status (``completed``, ``failed``, ``cancelled``); ``abandoned`` (set by the reaper) is not
-final, so the owning process's late terminal write still wins. A step row is keyed by its run
+The ordering rules live here and nowhere else (:func:`run_replaces`, :func:`step_replaces`, and
+their SQL twins from which every dialect's statement is built; the spool replay's fold calls the
+Python ones). A run row keeps the snapshot with the greatest ``(rank, seq)``: a final status
+(``completed``, ``cancelled``, ``failed``) beats one that is not whatever the ``seq`` (a wall
+clock, possibly another host's) says, ``failed`` beats ``cancelled`` beats ``completed``, and
+within one rank the larger ``seq`` wins; ``abandoned`` (set by the reaper) is not final, so the
+owning process's late terminal write still wins. A step row is keyed by its run
 and span id (:data:`~exporters.db.schema.STEP_KEY`) and replaced only while it is ``running``
-and only by the same step attempt; a row of another step under the same key is a *conflict*,
+(or ``abandoned`` by the reaper) and only by the same step attempt; a row of another step under
+the same key is a *conflict*,
 counted in :class:`UpsertResult` and logged, never written. Duplicates, retries, replays and
 out-of-order batches therefore leave the same rows. SQLite and PostgreSQL use ``ON CONFLICT ...
 DO UPDATE ... WHERE``; MariaDB and MySQL use ``ON DUPLICATE KEY UPDATE`` with every column
-guarded by ``IF(...)`` and the guard columns assigned last (MySQL evaluates the assignments
-left to right).
+guarded by ``IF(...)`` on the guard, evaluated once per row.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, and_, func, literal_column, not_, select, tuple_
+from sqlalchemy import Table, and_, case, func, literal_column, or_, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement, Executable
+from sqlalchemy.sql.elements import Grouping
 
 from exporters.db.schema import (
     RUN_COLUMNS,
@@ -32,12 +37,16 @@ from exporters.db.schema import (
     workflow_step_history,
 )
 from exporters.errors import UnsupportedDatabaseError
-from instrumentation.attributes import FINAL_RUN_STATUSES, StepStatus
+from instrumentation.attributes import FINAL_RUN_STATUSES, RunStatus, StepStatus
 
 __all__ = [
+    "FINAL_STATUS_ORDER",
     "UnsupportedDatabaseError",
     "UpsertResult",
     "count_step_conflicts",
+    "other_step",
+    "run_replaces",
+    "run_status_rank",
     "run_upsert",
     "step_replaces",
     "step_upsert",
@@ -67,7 +76,54 @@ class UpsertResult:
     step_conflicts: int = 0
 
 
-_FINAL = sorted(s.value for s in FINAL_RUN_STATUSES)
+FINAL_STATUS_ORDER: tuple[RunStatus, ...] = (
+    RunStatus.COMPLETED,
+    RunStatus.CANCELLED,
+    RunStatus.FAILED,
+)
+"""The final run statuses from weakest to strongest: a later one replaces an earlier one."""
+if frozenset(FINAL_STATUS_ORDER) != FINAL_RUN_STATUSES:  # pragma: no cover - a new status
+    raise AssertionError("FINAL_STATUS_ORDER must list exactly FINAL_RUN_STATUSES")
+
+_RANK: dict[str, int] = {status.value: n for n, status in enumerate(FINAL_STATUS_ORDER, 1)}
+
+
+def run_status_rank(status: str) -> int:
+    """0 for a status that is not final (``running``, ``pending``, ``abandoned`` ...), else its
+    place in :data:`FINAL_STATUS_ORDER` counted from 1."""
+    return _RANK.get(status, 0)
+
+
+def run_replaces(current_status: str, current_seq: int, new_status: str, new_seq: int) -> bool:
+    """THE rule for run rows: whether a snapshot (*new_status*, *new_seq*) replaces the stored
+    one (*current_status*, *current_seq*) of the same run.
+
+    A run row holds the snapshot with the greatest ``(rank, seq)``: a final status beats a
+    status that is not final whatever the ``seq`` (a wall clock) says; between final statuses
+    ``failed`` beats ``cancelled`` beats ``completed``; within one rank the larger ``seq`` wins.
+    The order is total up to equal keys, so any order of any set of snapshots leaves one row.
+    :func:`_run_guard` is this function in SQL, and every dialect's statement is built from it.
+    """
+    current, new = run_status_rank(current_status), run_status_rank(new_status)
+    return new > current or (new == current and new_seq > current_seq)
+
+
+def _rank_sql(status: Any) -> ColumnElement[int]:
+    # literal values: bound parameters would be repeated per row in the multi-row statements
+    whens: list[tuple[Any, Any]] = [
+        (status == literal_column(f"'{name}'"), literal_column(str(n))) for name, n in _RANK.items()
+    ]
+    rank: ColumnElement[int] = case(*whens, else_=literal_column("0"))
+    return rank
+
+
+def _run_guard(target: Any, new: Any) -> ColumnElement[bool]:
+    """:func:`run_replaces` in SQL: *target* is the stored row, *new* the incoming one."""
+    current, incoming = _rank_sql(target.status), _rank_sql(new.status)
+    condition: ColumnElement[bool] = or_(
+        incoming > current, and_(incoming == current, target.seq < new.seq)
+    )
+    return condition
 
 
 def _on_conflict(
@@ -85,49 +141,49 @@ def _on_conflict(
     return upsert
 
 
-def _run_guard(target: Any, new: Any) -> ColumnElement[bool]:
-    # literal values: an expanding IN parameter cannot be used with executemany()
-    finals: list[ColumnElement[str]] = [literal_column(f"'{status}'") for status in _FINAL]
-    condition: ColumnElement[bool] = and_(target.seq < new.seq, not_(target.status.in_(finals)))
-    return condition
+def other_step(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether step rows *current* and *new*, under one key, are different step attempts (a
+    conflict: *new* is never written over *current*)."""
+    return any(current[name] != new[name] for name in _STEP_IDENTITY)
+
+
+_OPEN_STEP_STATUSES = (StepStatus.RUNNING.value, RunStatus.ABANDONED.value)
+"""A step row in these may still change: ``running``, or ``abandoned`` by the reaper (a process
+that was only stalled, not dead, still lands its step's end, as it does its run's)."""
 
 
 def step_replaces(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether step row *new* replaces *current* (same key): :func:`_step_guard` in Python."""
-    return current["status"] == StepStatus.RUNNING and all(
+    """THE rule for step rows: whether step row *new* replaces *current* (same key): only a
+    ``running`` or reaped (``abandoned``) row, and only by the same step attempt.
+    :func:`_step_guard` in SQL."""
+    return current["status"] in _OPEN_STEP_STATUSES and all(
         current[name] == new[name] for name in _STEP_IDENTITY
     )
 
 
 def _step_guard(target: Any, new: Any) -> ColumnElement[bool]:
-    running = target.status == literal_column(f"'{StepStatus.RUNNING.value}'")
+    running = target.status.in_([literal_column(f"'{s}'") for s in _OPEN_STEP_STATUSES])
     same_step = [target[name] == new[name] for name in _STEP_IDENTITY]
     condition: ColumnElement[bool] = and_(running, *same_step)
     return condition
 
 
-def _mysql(
-    table: Table, key: Sequence[str], columns: Sequence[str], last: Sequence[str], cond: str
-) -> Any:
+def _mysql(table: Table, key: Sequence[str], columns: Sequence[str], guard: Any) -> Any:
+    """``ON DUPLICATE KEY UPDATE`` with every column under the same guard. MySQL assigns left
+    to right, so a later column's guard would see earlier columns already replaced: the guard is
+    evaluated once, on the stored values, into a session variable in the first assignment."""
     stmt = mysql.insert(table)
     new = stmt.inserted
-    ordered = [c for c in columns if c not in key and c not in last] + list(last)
+    flag: ColumnElement[Any] = literal_column(f"@flowtel_{table.name}_replaces")
     assignments: list[tuple[str, Any]] = []
-    for name in ordered:
-        # When the guard held, status was already replaced by the time seq is assigned, so
-        # seq re-checks against the new status instead of the old one.
-        text = "`seq` < VALUES(`seq`) AND `status` = VALUES(`status`)" if name == "seq" else cond
-        assignments.append((name, func.IF(literal_column(text), new[name], table.c[name])))
+    for name in (c for c in columns if c not in key):
+        test = flag if assignments else Grouping(flag.op(":=")(Grouping(guard(table.c, new))))
+        assignments.append((name, func.IF(test, new[name], table.c[name])))
     return stmt.on_duplicate_key_update(assignments)
 
 
-_MYSQL_RUN_COND = "`status` NOT IN ({finals}) AND `seq` < VALUES(`seq`)".format(
-    finals=", ".join(f"'{s}'" for s in _FINAL)
-)
-_MYSQL_STEP_COND = f"`status` = '{StepStatus.RUNNING.value}'" + "".join(
-    f" AND `{name}` = VALUES(`{name}`)" for name in _STEP_IDENTITY
-)
-
+_ON_CONFLICT = ("sqlite", "postgresql")
+"""Dialects with ``ON CONFLICT ... DO UPDATE ... WHERE`` (the others: ``ON DUPLICATE KEY``)."""
 _cache: dict[tuple[str, str], Executable] = {}
 
 
@@ -135,20 +191,16 @@ def _statement(dialect: str, kind: str) -> Executable:
     cached = _cache.get((dialect, kind))
     if cached is not None:
         return cached
-    if dialect in ("sqlite", "postgresql"):
+    if dialect in _ON_CONFLICT:
         if kind == "run":
             stmt = _on_conflict(dialect, workflow_history, ("run_id",), RUN_COLUMNS, _run_guard)
         else:
             stmt = _on_conflict(dialect, workflow_step_history, STEP_KEY, STEP_COLUMNS, _step_guard)
     elif dialect in ("mysql", "mariadb"):
         if kind == "run":
-            stmt = _mysql(
-                workflow_history, ("run_id",), RUN_COLUMNS, ("status", "seq"), _MYSQL_RUN_COND
-            )
+            stmt = _mysql(workflow_history, ("run_id",), RUN_COLUMNS, _run_guard)
         else:
-            stmt = _mysql(
-                workflow_step_history, STEP_KEY, STEP_COLUMNS, ("status",), _MYSQL_STEP_COND
-            )
+            stmt = _mysql(workflow_step_history, STEP_KEY, STEP_COLUMNS, _step_guard)
     else:
         raise UnsupportedDatabaseError(
             f"flowtel cannot write history to a {dialect!r} database; "
@@ -156,6 +208,20 @@ def _statement(dialect: str, kind: str) -> Executable:
         )
     _cache[(dialect, kind)] = stmt
     return stmt
+
+
+def _returning(dialect: str, kind: str, returning: bool) -> Executable:
+    """The cached upsert, with ``RETURNING id`` when *returning* (insertmanyvalues batches
+    ``executemany`` into multi-row statements only for statements that return rows)."""
+    if not returning:
+        return _statement(dialect, kind)
+    key = (dialect, f"{kind}+returning")
+    cached = _cache.get(key)
+    if cached is None:
+        table = workflow_history if kind == "run" else workflow_step_history
+        statement: Any = _statement(dialect, kind)
+        cached = _cache[key] = statement.returning(table.c.id)
+    return cached
 
 
 def run_upsert(dialect: str) -> Executable:
@@ -217,11 +283,23 @@ def upsert_rows(
     run_rows: Sequence[dict[str, Any]],
     step_rows: Sequence[dict[str, Any]],
 ) -> UpsertResult:
-    """Upsert *run_rows* and *step_rows* on *connection* (inside the caller's transaction)."""
-    dialect = connection.dialect.name
+    """Upsert *run_rows* and *step_rows* on *connection* (inside the caller's transaction).
+
+    Where the dialect batches ``executemany`` with ``RETURNING`` into multi-row statements
+    (SQLAlchemy's public "insertmanyvalues": SQLite, PostgreSQL) the statements return the ids
+    of the rows they wrote, which also tells whether any step row was refused; elsewhere
+    (MariaDB/MySQL, whose driver already rewrites ``executemany`` into multi-row statements)
+    they run as a plain ``executemany``.
+    """
+    dialect = connection.dialect
+    returning = dialect.name in _ON_CONFLICT and bool(
+        getattr(dialect, "insert_executemany_returning", False)
+    )
     if run_rows:
-        connection.execute(run_upsert(dialect), list(run_rows))
+        connection.execute(_returning(dialect.name, "run", returning), list(run_rows))
+    written: int | None = None
     if step_rows:
-        connection.execute(step_upsert(dialect), list(step_rows))
-    conflicts = count_step_conflicts(connection, step_rows)
+        result = connection.execute(_returning(dialect.name, "step", returning), list(step_rows))
+        written = len(result.all()) if returning else None
+    conflicts = count_step_conflicts(connection, step_rows, written)
     return UpsertResult(len(run_rows), len(step_rows), conflicts)

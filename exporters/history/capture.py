@@ -195,7 +195,7 @@ def decode(raw: tuple[Any, ...]) -> Event:
             str(run_id),
             span_id,
             start_ns,
-            end_ns or start_ns,
+            max(end_ns or start_ns, start_ns),  # a stepped clock: never before the start
             str(name),
             _int(index, 0),
             _int(attempt, 1),
@@ -212,7 +212,7 @@ def decode(raw: tuple[Any, ...]) -> Event:
         span_id,
         trace_flags,
         start_ns,
-        end_ns or start_ns,
+        max(end_ns or start_ns, start_ns),
         dict(attributes),
         description,
         _error(events) if events else None,

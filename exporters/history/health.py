@@ -17,7 +17,7 @@ from enum import Enum
 
 from sqlalchemy.engine import URL
 
-from exporters.db.driver_errors import first_line
+from exporters.db.driver_errors import describe
 from exporters.db.engine import display_url
 
 __all__ = ["WriterHealth", "WriterState", "WriterStats"]
@@ -108,7 +108,7 @@ class WriterHealth:
         """Count a failed attempt, log the first of an outage, and back off."""
         stats = self.stats
         stats.write_errors += 1
-        stats.last_error = f"{type(exc).__name__}: {first_line(exc)}"
+        stats.last_error = describe(exc)
         if self.failing_since is None:
             self.failing_since = time.monotonic()
             logger.error(

@@ -23,6 +23,7 @@ from exporters.db.timestamps import iso_text, to_datetime
 from exporters.history.capture import ErrorInfo, RunEnd, RunStart, StepEnd, StepStart
 from exporters.history.sanitize import clean_run_row, clean_step_row
 from instrumentation import attributes as attr
+from instrumentation._spans import traceparent_of
 from instrumentation.attributes import RunStatus, StepStatus
 from instrumentation.limits import get_limits, truncation_marker
 
@@ -191,7 +192,11 @@ class RunState:
         current = self.current
         trace_id = trace.format_trace_id(self.trace_id)
         span_id = trace.format_span_id(self.span_id)
-        traceparent = f"00-{trace_id}-{span_id}-{self.trace_flags:02x}"
+        traceparent = traceparent_of(
+            trace.SpanContext(
+                self.trace_id, self.span_id, False, trace.TraceFlags(self.trace_flags)
+            )
+        )
         now = time.time_ns()
         server_key, device_key = context_keys
         failed_step = next(

@@ -16,6 +16,9 @@ import datetime as dt
 import re
 from typing import Any, Literal
 
+from exporters.db.json import iso_utc
+from instrumentation.attributes import StepStatus
+
 __all__ = [
     "ActiveRun",
     "FailingStep",
@@ -39,16 +42,6 @@ MatchedBy = Literal["run_id", "workflow_id", "prefix"]
 
 _WRITTEN_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(\+00:00|Z)")
 _USER_KEYS = frozenset({"context_data"})  # the run's context: the user's values, as written
-
-
-def iso_utc(value: dt.datetime) -> str:
-    """*value* in the one ISO 8601 UTC form of every ``--json`` output.
-
-    ``2026-11-01T12:00:03.250000Z``: converted to UTC, always with microseconds and ``Z``;
-    a naive datetime is taken as UTC.
-    """
-    utc = value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def written_times(value: Any) -> Any:
@@ -185,7 +178,7 @@ class RunDetail(RunSummary):
     @property
     def failed_step(self) -> StepRecord | None:
         """The last attempt that ended ``failed``, if any."""
-        return next((s for s in reversed(self.steps) if s.status == "failed"), None)
+        return next((s for s in reversed(self.steps) if s.status == StepStatus.FAILED), None)
 
     @property
     def trace_url(self) -> str | None:

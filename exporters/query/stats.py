@@ -24,6 +24,12 @@ from sqlalchemy.engine import Connection
 
 from exporters.db.schema import workflow_history, workflow_step_history
 from exporters.query.records import FailingStep, GroupStats, StatsReport, StepStats, WorkflowStats
+from instrumentation.attributes import (
+    ACTIVE_RUN_STATUSES,
+    FINAL_RUN_STATUSES,
+    RunStatus,
+    StepStatus,
+)
 
 __all__ = [
     "BY_COLUMNS",
@@ -44,7 +50,7 @@ MEDIAN_SAMPLE_RUNS = 2000
 
 _LEGACY_STATUSES = {"success": "completed"}  # the old system's word for a completed run
 _CONTEXT_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
-_FINISHED = ("completed", "failed", "cancelled", "abandoned")
+_FINISHED = (*sorted(FINAL_RUN_STATUSES), RunStatus.ABANDONED)
 _H, _S = workflow_history.c, workflow_step_history.c
 _SCRAMBLE, _SAMPLE_SPACE = 7919, 10007  # id * prime % prime: a sample without a period
 _SLACK = dt.timedelta(days=1)  # clocks of the hosts that wrote the rows may disagree
@@ -97,12 +103,12 @@ def _totals(group: str | None, statuses: Counter[str], durations: list[float]) -
     return GroupStats(
         group=group,
         runs=sum(statuses.values()),
-        completed=statuses["completed"],
-        failed=statuses["failed"],
-        cancelled=statuses["cancelled"],
-        abandoned=statuses["abandoned"],
-        running=statuses["running"] + statuses["pending"],
-        success_rate=statuses["completed"] / finished if finished else None,
+        completed=statuses[RunStatus.COMPLETED],
+        failed=statuses[RunStatus.FAILED],
+        cancelled=statuses[RunStatus.CANCELLED],
+        abandoned=statuses[RunStatus.ABANDONED],
+        running=sum(statuses[s] for s in ACTIVE_RUN_STATUSES),
+        success_rate=statuses[RunStatus.COMPLETED] / finished if finished else None,
         p50_ms=percentile(durations, 0.5),
         p95_ms=percentile(durations, 0.95),
         max_ms=durations[-1] if durations else None,
@@ -121,7 +127,7 @@ class _Runs:
         self.count += isinstance(key, str)  # runs, not (workflow, group) pairs
         status = _LEGACY_STATUSES.get(status, status)
         self.statuses[key][status] += 1
-        if status == "completed" and duration_ms is not None:
+        if status == RunStatus.COMPLETED and duration_ms is not None:
             self.durations[key].append(float(duration_ms))
 
     def totals(self, key: Any, group: str | None) -> GroupStats:
@@ -146,7 +152,13 @@ class _Steps:
         result = []
         for key, n in sorted(self.statuses.items()):
             durations = sorted(self.durations[key])
-            counts = (sum(n.values()), n["completed"], n["failed"], n["retrying"], n["skipped"])
+            counts = (
+                sum(n.values()),
+                n[StepStatus.COMPLETED],
+                n[StepStatus.FAILED],
+                n[StepStatus.RETRYING],
+                n[StepStatus.SKIPPED],
+            )
             median = percentile(durations, 0.5)
             result.append(StepStats(*key, *counts, median, len(durations)))
         return result
@@ -239,7 +251,7 @@ def _count_steps(
     for name, index, status, step, n in conn.execute(_COUNTED.where(*where)):
         steps[_label(name)].statuses[index, step][status] += n
     # The failed attempts, for their errors: few, read through the status index.
-    failed = [*where, _S.status == "failed", _S.started_at >= since]
+    failed = [*where, _S.status == StepStatus.FAILED.value, _S.started_at >= since]
     for name, index, step, error, message in conn.execute(_FAILED.where(*failed)):
         steps[_label(name)].failed((index, step), error, message)
     timed = _TIMED.where(*where)
@@ -247,7 +259,7 @@ def _count_steps(
         scrambled = cast(_H.id, BigInteger) * _SCRAMBLE % _SAMPLE_SPACE
         timed = timed.where(scrambled < _SAMPLE_SPACE * MEDIAN_SAMPLE_RUNS // run_count)
     for name, index, step, status, ms in conn.execute(timed):
-        if status == "completed" and ms is not None:
+        if status == StepStatus.COMPLETED and ms is not None:
             steps[_label(name)].durations[index, step].append(float(ms))
     return steps
 

@@ -36,6 +36,7 @@ from exporters.query.records import (
 )
 from exporters.query.stats import compute_stats
 from instrumentation import redact
+from instrumentation.attributes import ACTIVE_RUN_STATUSES
 
 __all__ = [
     "MIN_PREFIX_LENGTH",
@@ -53,7 +54,7 @@ __all__ = [
     "WorkflowStats",
 ]
 
-_ACTIVE = ("pending", "running")
+_ACTIVE = tuple(sorted(status.value for status in ACTIVE_RUN_STATUSES))
 _REDACTED_FIELDS = frozenset({"error_message", "error_stacktrace", "logs", "message", "metadata"})
 _H = workflow_history.c
 _S = workflow_step_history.c

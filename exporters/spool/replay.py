@@ -21,7 +21,6 @@ between batches; :func:`replay_spool` drains a spool in one call (``configure()`
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import time
@@ -34,9 +33,10 @@ from sqlalchemy.engine import Engine
 
 from exporters.db.bulk import bulk_upsert_rows
 from exporters.db.check import prepare_schema
-from exporters.db.driver_errors import refused
+from exporters.db.driver_errors import describe, refused
 from exporters.db.engine import display_url
-from exporters.db.upsert import step_replaces
+from exporters.db.json import dumps_text
+from exporters.db.upsert import other_step, run_replaces, step_replaces
 from exporters.spool.files import spool_directory, spool_files, spool_key, spool_status
 from exporters.spool.format import (
     RUN,
@@ -45,13 +45,10 @@ from exporters.spool.format import (
     read_header,
     read_records,
 )
-from instrumentation.attributes import FINAL_RUN_STATUSES
 
 __all__ = ["ReplayResult", "Replayer", "fold_rows", "replay_spool"]
 
 logger = logging.getLogger("flowtel.spool")
-
-_FINAL = frozenset(s.value for s in FINAL_RUN_STATUSES)
 
 
 class _Damage:
@@ -105,7 +102,7 @@ class _Claim:
             decoded = self.header.decode(value)
             if decoded is None:
                 logger.warning("flowtel skipped a spool record that is not a row in %s", self.path)
-                self._damaged(start, json.dumps(value, default=str).encode() + b"\n")
+                self._damaged(start, dumps_text(value).encode() + b"\n")
                 continue
             rows.append(decoded)
         return rows, end, seen < limit
@@ -119,19 +116,35 @@ class _Claim:
 def fold_rows(
     rows: Sequence[tuple[str, dict[str, Any]]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Fold snapshots of the same key the way the upsert guards would, in order."""
+    """Fold snapshots of the same key the way the upsert guards would, in order.
+
+    A step row of another step under a key already taken is a conflict: the first is kept, as
+    the database would, and the others are logged at WARNING.
+    """
     runs: dict[str, dict[str, Any]] = {}
     steps: dict[tuple[str, str], dict[str, Any]] = {}
+    conflicts: list[tuple[str, str]] = []
     for kind, row in rows:
         if kind == RUN:
             current = runs.get(row["run_id"])
-            if current is None or (current["status"] not in _FINAL and current["seq"] < row["seq"]):
+            if current is None or run_replaces(
+                current["status"], current["seq"], row["status"], row["seq"]
+            ):
                 runs[row["run_id"]] = row
         else:
             key = (row["run_id"], row["span_id"])
             current = steps.get(key)
             if current is None or step_replaces(current, row):
                 steps[key] = row
+            elif other_step(current, row):
+                conflicts.append(key)
+    if conflicts:
+        logger.warning(
+            "flowtel kept %d spooled step row(s) out of the history: another step of the same "
+            "run holds the same span id (first: run %s span %s)",
+            len(conflicts),
+            *conflicts[0],
+        )
     return list(runs.values()), list(steps.values())
 
 
@@ -195,8 +208,8 @@ class Replayer:
 
     def _reject(self, record: tuple[str, dict[str, Any]], exc: Exception) -> None:
         path = self.directory / "rejected.jsonl"
-        error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-        line = json.dumps({"kind": record[0], "row": record[1], "error": error}, default=str)
+        error = describe(exc)
+        line = dumps_text({"kind": record[0], "row": record[1], "error": error})
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, line.encode() + b"\n")
@@ -336,9 +349,4 @@ def replay_spool(
 
 
 def _describe(exc: Exception, engine: Engine) -> str:
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
-    password = engine.url.password
-    if password:
-        text = text.replace(str(password), "***")
-    return f"{text} ({display_url(engine.url)})"
+    return f"{describe(exc, engine.url)} ({display_url(engine.url)})"
