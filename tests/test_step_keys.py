@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from sqlalchemy.engine import Engine
 
 from exporters import create_schema, make_engine
@@ -115,3 +116,28 @@ def test_the_replay_fold_keeps_the_first_of_two_steps_under_one_key_and_says_so(
         _, steps = fold_rows([(STEP, first), (STEP, other), (STEP, elsewhere)])
     assert steps == [first, elsewhere]
     assert "run run-1 span 00f067aa0ba902b7" in caplog.text
+
+
+class _OneStepId(RandomIdGenerator):
+    """Every span gets the same span id: two steps of one run collide on their key."""
+
+    def generate_span_id(self) -> int:
+        return 0x00F067AA0BA902B7
+
+
+def test_the_writer_counts_step_conflicts_in_its_stats(db_url: str) -> None:
+    """Two steps of one run under one span id: one row, and the other counted, not hidden."""
+    provider = TracerProvider(id_generator=_OneStepId())
+    recorder = History(db_url)
+    provider.add_span_processor(recorder.processor)
+    with workflow_run("wf", tracer_provider=provider) as run:
+        with run.step("a"):
+            pass
+        with run.step("b"):
+            pass
+    recorder.flush()
+    assert [r.step_name for r in recorder.steps(run.run_id)] == ["a"]
+    assert recorder.processor.stats["step_conflicts"] == 1
+    recorder.processor.shutdown(5_000)
+    recorder.engine.dispose()
+    provider.shutdown()

@@ -53,6 +53,7 @@ class WriterStats:
     batches_written: int = 0
     runs_written: int = 0
     steps_written: int = 0
+    step_conflicts: int = 0
     write_errors: int = 0
     retries: int = 0
     steps_dropped: int = 0

@@ -11,11 +11,14 @@ hands the rows to a callable that puts them on disk, optionally with the batch i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from exporters.history.capture import StepEnd, StepStart, decode, drop_superseded_starts
 from exporters.history.rows import RunState, step_row
+
+logger = logging.getLogger("flowtel.writer")
 
 __all__ = ["PendingRows", "Rows"]
 
@@ -49,6 +52,8 @@ class PendingRows:
         self.steps: _Steps = {}
         self.flight: tuple[dict[str, RunState], _Steps] | None = None
         self.flight_spooled = False
+        self.step_conflicts = 0
+        """Step events dropped because another step of their run holds their span id."""
 
     def __bool__(self) -> bool:
         return bool(self.dirty or self.steps)
@@ -68,7 +73,22 @@ class PendingRows:
             event = decode(raw)
             if isinstance(event, (StepStart, StepEnd)):
                 # queue order: an end follows its start
-                steps[(event.run_id, event.span_id)] = event
+                key = (event.run_id, event.span_id)
+                held = steps.get(key)
+                if held is not None and (held.step_index, held.attempt) != (
+                    event.step_index,
+                    event.attempt,
+                ):
+                    self.step_conflicts += 1  # another step's row: keep the first, as the DB does
+                    logger.warning(
+                        "flowtel kept step %s of run %s and not step %s: both have span id %s",
+                        held.step_index,
+                        event.run_id,
+                        event.step_index,
+                        event.span_id,
+                    )
+                else:
+                    steps[key] = event
                 run = runs.get(event.run_id)
                 if run is None:
                     continue  # the run's own span was not seen (yet): its end will carry all

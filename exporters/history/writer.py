@@ -354,7 +354,9 @@ class HistoryWriter:
 
     def fold(self, events: Iterable[Any]) -> None:
         """Fold *events* (in queue order) into run states and pending step rows."""
+        conflicts = self.pending.step_conflicts
         self.pending.fold(events)
+        self.stats.step_conflicts += self.pending.step_conflicts - conflicts
         if self.spool is None or self._spool_broken:
             dropped = self.pending.drop_oldest_steps(self._max_pending_steps)
             if dropped:
@@ -447,16 +449,17 @@ class HistoryWriter:
         self.health.recovered()
         return True
 
-    def _commit(self, run_rows: list[Any], step_rows: list[Any]) -> tuple[int, int]:
+    def _commit(self, run_rows: list[Any], step_rows: list[Any]) -> tuple[int, int, int]:
         self._ensure_schema()
         with self.engine.begin() as connection:
-            bulk_upsert_rows(connection, run_rows, step_rows)
-        return len(run_rows), len(step_rows)
+            result = bulk_upsert_rows(connection, run_rows, step_rows)
+        return len(run_rows), len(step_rows), result.step_conflicts
 
-    def _count(self, counts: tuple[int, int]) -> None:
+    def _count(self, counts: tuple[int, int, int]) -> None:
         self.stats.batches_written += 1
         self.stats.runs_written += counts[0]
         self.stats.steps_written += counts[1]
+        self.stats.step_conflicts += counts[2]
 
     def _spool(self, why: str | None, *, outage: bool, with_flight: bool = False) -> None:
         spool = self.spool
