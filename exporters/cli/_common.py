@@ -29,7 +29,7 @@ from exporters.db.engine import DatabaseURLError, display_url, make_engine, reso
 from exporters.db.json import dumps_text
 from exporters.db.schema import workflow_history, workflow_step_history
 from exporters.errors import DatabaseFileError
-from exporters.ops.durations import DURATION_FORMS, parse_duration
+from exporters.ops.durations import parse_duration, parse_when
 from exporters.query.records import json_value
 from exporters.query.store import HistoryStore
 
@@ -156,35 +156,6 @@ def history_store(db: str | None, *, writable: bool = False) -> Iterator[History
             yield store
         finally:
             store.close()
-
-
-def parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """Parse an ISO 8601 date or time (UTC unless it has an offset) or a duration before *now*.
-
-    Durations follow :func:`exporters.ops.durations.parse_duration` (``90``, ``30m``, ``1.5h``,
-    ``7d``, ``2w``). An ISO form wins where both could apply: ``20261101`` is 1 November 2026,
-    not 20,261,101 seconds.
-
-    Raises:
-        ValueError: *text* is neither, or a duration longer than
-            :data:`~exporters.ops.durations.MAX_DURATION`; the message says what is accepted.
-    """
-    try:
-        parsed = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        pass
-    else:
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
-    try:
-        return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
-    except ValueError as exc:
-        if str(exc).startswith(f"{text!r} is too long"):
-            raise
-        raise ValueError(
-            f"{text!r} is not a time: give an ISO 8601 date or time such as 2026-11-01 or "
-            "2026-11-01T08:00+02:00 (UTC unless it has an offset), or a duration back from "
-            f"now: {DURATION_FORMS}"
-        ) from None
 
 
 if TYPE_CHECKING:  # click.ParamType is generic only in newer click releases

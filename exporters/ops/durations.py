@@ -7,7 +7,8 @@ either case, with optional spaces around and between them — ``90``, ``30s``, `
 anything longer than :data:`MAX_DURATION` (about 1,000 years, so that counting back from now
 stays in the calendar) are rejected with a :class:`ValueError` whose message lists the
 accepted forms. :func:`parse_duration` reads the grammar; :func:`duration_text` writes a
-timedelta back in it.
+timedelta back in it; :func:`parse_when` reads a time as ``--since``/``--until`` (and ``flowtel
+serve``'s ``since``/``until``) take it: an ISO 8601 date or time, or a duration back from now.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import datetime as dt
 import re
 from decimal import Decimal
 
-__all__ = ["DURATION_FORMS", "MAX_DURATION", "duration_text", "parse_duration"]
+__all__ = ["DURATION_FORMS", "MAX_DURATION", "duration_text", "parse_duration", "parse_when"]
 
 DURATION_FORMS = (
     "a positive number with an optional unit s, m, h, d or w (seconds if none), such as 90, "
@@ -66,3 +67,32 @@ def duration_text(delta: dt.timedelta) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """Parse an ISO 8601 date or time (UTC unless it has an offset) or a duration before *now*.
+
+    Durations follow :func:`parse_duration` (``90``, ``30m``, ``1.5h``,
+    ``7d``, ``2w``). An ISO form wins where both could apply: ``20261101`` is 1 November 2026,
+    not 20,261,101 seconds.
+
+    Raises:
+        ValueError: *text* is neither, or a duration longer than
+            :data:`MAX_DURATION`; the message says what is accepted.
+    """
+    try:
+        parsed = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        pass
+    else:
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+    try:
+        return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
+    except ValueError as exc:
+        if str(exc).startswith(f"{text!r} is too long"):
+            raise
+        raise ValueError(
+            f"{text!r} is not a time: give an ISO 8601 date or time such as 2026-11-01 or "
+            "2026-11-01T08:00+02:00 (UTC unless it has an offset), or a duration back from "
+            f"now: {DURATION_FORMS}"
+        ) from None

@@ -38,7 +38,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from exporters.db.driver_errors import first_line
 from exporters.db.engine import display_url, resolve_database_url
 from exporters.db.migrations import current_revision
-from exporters.ops.durations import DURATION_FORMS, parse_duration
+from exporters.ops.durations import DURATION_FORMS
+from exporters.ops.durations import parse_when as parse_when_text
 from exporters.query.lookup import AmbiguousRunError, RunNotFoundError
 from exporters.query.records import RunSummary, StatsReport
 from exporters.query.store import HistoryStore
@@ -83,13 +84,7 @@ def parse_when(name: str, text: str | None, now: dt.datetime | None = None) -> d
     if text is None or not text.strip():
         return None
     try:
-        parsed = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        pass
-    else:
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
-    try:
-        return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
+        return parse_when_text(text, now)
     except ValueError:
         raise BadParameter(
             name,
