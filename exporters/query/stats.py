@@ -48,7 +48,7 @@ NO_VALUE = "(none)"
 MEDIAN_SAMPLE_RUNS = 2000
 """Above this many runs in the window, step medians come from a sample of about as many."""
 
-_LEGACY_STATUSES = {"success": "completed"}  # the old system's word for a completed run
+_LEGACY_STATUSES = {"success": RunStatus.COMPLETED.value}  # the old system's word for completed
 _CONTEXT_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _FINISHED = (*sorted(FINAL_RUN_STATUSES), RunStatus.ABANDONED)
 _H, _S = workflow_history.c, workflow_step_history.c
