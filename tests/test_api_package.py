@@ -29,8 +29,8 @@ def test_both_distributions_carry_one_version() -> None:
     """flowtel-api has the root's version; its only dependency is the OpenTelemetry API."""
     api, root = _project(ROOT / "api" / "pyproject.toml"), _project(ROOT / "pyproject.toml")
     assert (api["name"], api["version"]) == ("flowtel-api", root["version"])
-    assert api["dependencies"] == ["opentelemetry-api>=1.40"]
-    assert "opentelemetry-api>=1.40" in root["dependencies"]
+    (only,) = api["dependencies"]
+    assert only.startswith("opentelemetry-api") and only in root["dependencies"]  # same bounds
 
 
 def test_the_root_distribution_still_installs_everything() -> None:
