@@ -42,6 +42,7 @@ from exporters.db.schema import (
     workflow_history,
     workflow_step_history,
 )
+from exporters.db.upsert import UpsertResult
 from exporters.history import writer as writer_module
 from exporters.history.capture import capture_end, capture_start
 from exporters.history.writer import HistoryWriter
@@ -84,8 +85,9 @@ def render_rows(events: list[Any]) -> list[tuple[list[dict[str, Any]], list[dict
     """The (run rows, step rows) the writer commits for each batch, rendered once."""
     captured: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
 
-    def record(connection: Any, run_rows: Any, step_rows: Any) -> None:
+    def record(connection: Any, run_rows: Any, step_rows: Any) -> UpsertResult:
         captured.append((list(run_rows), list(step_rows)))
+        return UpsertResult(len(run_rows), len(step_rows), 0)
 
     engine = make_engine("sqlite://")
     original = writer_module.bulk_upsert_rows
