@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,8 +149,15 @@ def server_database() -> Iterator[dict[str, str]]:
     yield urls
     for base, name in created.values():
         admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        for attempt in range(20):  # an autovacuum worker may still be in it for a moment
+            try:
+                with admin.connect() as connection:
+                    connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+                break
+            except sa.exc.OperationalError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
         admin.dispose()
 
 

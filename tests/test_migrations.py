@@ -15,6 +15,7 @@ import os
 import random
 import sqlite3
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -59,8 +60,15 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         missing_service(backend, f"cannot connect ({type(exc).__name__}); start it")
     yield base.set(database=name).render_as_string(hide_password=False)
     force = " WITH (FORCE)" if backend == "postgresql" else ""
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+    for attempt in range(20):  # an autovacuum worker on the new tables cannot be forced out
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+            break
+        except sa.exc.DBAPIError:
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
     admin.dispose()
 
 
