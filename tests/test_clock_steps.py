@@ -73,7 +73,9 @@ def test_a_clock_stepped_back_mid_run_gives_no_negative_duration(
 def test_an_end_before_its_start_is_clamped_where_it_reaches_the_rows() -> None:
     """A span ended by another clock (another process) still gives a non-negative row."""
     start = 1_800_000_000 * 10**9
-    raw: tuple[Any, ...] = (3, "run-1", "s", 1, 1, None, None, 7, start, start - HOUR_NS, ())
+    raw: tuple[Any, ...] = (
+        3, "run-1", "s", 1, 1, None, None, 7, start, start - HOUR_NS, (), None, None,
+    )  # fmt: skip  (a step end: ..., its events, then no input and no output recorded)
     event = decode(raw)
     assert isinstance(event, StepEnd)
     assert event.end_ns == start

@@ -21,6 +21,7 @@ from exporters import make_engine
 from exporters.cli.reap import reap as reap_command
 from exporters.db.schema import workflow_history, workflow_step_history
 from tests.pg_private import PrivatePostgres
+from tests.spawn import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextmanager
 def child(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     """Run ``python -m tests.children ARGS``; yield it with its ``ready`` report."""
-    process = subprocess.Popen(
+    process = spawn(
         [sys.executable, "-m", "tests.children", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,

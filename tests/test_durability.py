@@ -122,3 +122,57 @@ def test_a_silent_database_costs_the_timeout_never_an_exception(tmp_path: Path) 
 def test_an_unknown_level_is_refused() -> None:
     with pytest.raises(ValueError, match="durability='sync' is not one of async, run, step"):
         WorkflowHistorySpanProcessor(make_engine("sqlite://"), durability="sync")
+
+
+def end_other_connections(url: str) -> int:
+    """End every other session on *url*'s database (as a restarted server or proxy would)."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            ended = connection.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        else:
+            ids = connection.execute(
+                sa.text(
+                    "SELECT id FROM information_schema.processlist "
+                    "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+                )
+            ).scalars()
+            ended = 0
+            for session in list(ids):
+                connection.execute(sa.text(f"KILL CONNECTION {int(session)}"))
+                ended += 1
+    engine.dispose()
+    return int(ended)
+
+
+def test_a_kept_connection_the_server_ended_costs_no_failed_batch_nor_wait(db_url: str) -> None:
+    """The writer keeps its connection between batches; once the server ended it, the next
+    durable step is committed on a new connection at once: no write error, no timeout."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("no server session to end on SQLite")
+    processor = WorkflowHistorySpanProcessor(
+        make_engine(db_url), durability="step", durability_timeout=20, spool=False
+    )
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    try:
+        assert processor.force_flush(20_000)
+        with workflow_run("wf", workflow_id="kept", tracer_provider=provider) as run:
+            with run.step("before"):
+                pass
+            assert end_other_connections(db_url) >= 1
+            time.sleep(0.2)  # let the server close the sessions
+            with run.step("after"):
+                pass
+        stats = processor.stats
+        assert (stats["durable_timeouts"], stats["write_errors"]) == (0, 0), stats
+        status, steps = recorded(db_url, run.run_id)
+        assert status == "completed"
+        assert steps == [("before", "completed"), ("after", "completed")]
+    finally:
+        processor.shutdown(10_000)

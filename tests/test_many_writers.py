@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from exporters import make_engine
 from exporters.db.schema import metadata, workflow_history, workflow_step_history
+from tests.spawn import spawn
 from tests.test_outage import write_locked
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_writers(url: str, processes: int, threads: int, runs: int) -> list[subprocess.Popen[str]]:
     options = ["--threads", str(threads), "--runs", str(runs)]
     return [
-        subprocess.Popen(
+        spawn(
             [sys.executable, "-m", "tests.children", "writers", url, f"p{p}", *options],
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -248,5 +249,177 @@ def test_rows_neither_committed_nor_spooled_are_counted_and_reported(
         if metric.name == LOST
         for p in metric.data.data_points
     }
-    assert points == {"queue_full": 0, "memory_cap": 0, "unwritten_at_shutdown": 20}
+    assert points == {
+        "queue_full": 0, "memory_cap": 0, "unwritten_at_shutdown": 20, "rejected_input": 0,
+    }  # fmt: skip
     meters.shutdown()
+
+
+def step_rows(engine: sa.Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.scalars(sa.select(workflow_step_history.c.status)).all())
+
+
+def test_past_the_queue_cap_step_events_are_spooled_on_the_callers_thread_not_dropped(
+    db_url: str, hog_the_gil: None
+) -> None:
+    """A queue of 200, the producing thread holding the GIL: 100 runs of 3 steps (800 events).
+    Nothing is dropped — what does not fit goes to the spool on the caller's thread
+    (events_overflowed) — and force_flush, True, returns once it is all committed: 100 runs
+    completed, 300 step rows completed."""
+    engine = make_engine(db_url)
+    processor = WorkflowHistorySpanProcessor(engine, max_queue_size=200, max_batch_size=50)
+    provider = own_provider(processor)
+    assert processor.force_flush(10_000)
+    try:
+        for n in range(100):
+            with workflow_run("wf", workflow_id=f"wf-{n}", tracer_provider=provider) as run:
+                for name in "abc":
+                    with run.step(name):
+                        pass
+        sys.setswitchinterval(0.005)
+        assert processor.force_flush(60_000), processor.stats
+        stats = processor.stats
+        assert stats["events_dropped"] == 0, stats
+        assert stats["events_overflowed"] > 0, stats
+        with engine.connect() as connection:
+            query = sa.select(sa.func.count()).where(workflow_history.c.status == "completed")
+            assert connection.execute(query).scalar() == 100
+        assert step_rows(engine) == ["completed"] * 300
+    finally:
+        processor.shutdown(5_000)
+        engine.dispose()
+
+
+def test_a_flush_that_knows_of_dropped_events_answers_false(
+    tmp_path: Path, hog_the_gil: None
+) -> None:
+    """No spool and a queue of 10: step events are dropped (put() returns False for them) and
+    the next force_flush answers False although every queued row committed; the flush after
+    it, with nothing dropped meanwhile, answers True."""
+    engine = make_engine(f"sqlite:///{tmp_path}/h.db")
+    processor = WorkflowHistorySpanProcessor(
+        engine, max_queue_size=10, flush_interval=30, spool=False
+    )
+    provider = own_provider(processor)
+    assert processor.force_flush(10_000)
+    time.sleep(0.2)  # the writer sleeps now
+    try:
+        with workflow_run("wf", tracer_provider=provider) as run:
+            for n in range(20):
+                with run.step(f"s{n}"):
+                    pass
+        assert processor.stats["events_dropped"] > 0
+        assert processor.writer.put((1, run.run_id, "late", 99, 1, 12345, 0)) is False
+        sys.setswitchinterval(0.005)
+        assert processor.force_flush(10_000) is False
+        assert run_row(engine, run.run_id).status == "completed"
+        assert processor.force_flush(10_000) is True
+    finally:
+        processor.shutdown(5_000)
+        engine.dispose()
+
+
+def test_a_spool_that_failed_is_tried_again_before_step_rows_are_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Database down, spool and fallback blocked by files, at most 10 step rows in memory:
+    the first outage drops step rows past the cap (counted). Once the files are gone — space
+    is back — the next rows go to the spool: not one more step row is dropped."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file in the way")
+    fallback = tmp_path / "tmp"
+    fallback.write_text("a file in the way too")
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
+    processor = WorkflowHistorySpanProcessor(
+        make_engine(UNREACHABLE), spool_dir=str(blocked), spool_after=0.1, max_pending_steps=10
+    )
+    provider = own_provider(processor)
+    try:
+        five_workflows(provider)  # 15 step rows
+        wait_for(lambda: processor.stats["steps_dropped"] > 0, "step rows dropped past the cap")
+        dropped = processor.stats["steps_dropped"]
+        blocked.unlink()
+        fallback.unlink()
+        for n in range(5):
+            with workflow_run("wf", workflow_id=f"later-{n}", tracer_provider=provider) as run:
+                for name in "abcdefgh":  # 40 step rows, four times the memory cap
+                    with run.step(name):
+                        pass
+        wait_for(lambda: processor.stats["rows_spooled"] >= 45, "the later rows to be spooled")
+        assert processor.stats["steps_dropped"] == dropped, processor.stats
+    finally:
+        processor.shutdown(5_000)
+    assert processor.stats["steps_dropped"] == dropped, processor.stats
+    assert processor.stats["rows_lost"] == 0, processor.stats
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs of the test's own (needs root): a disk that really fills up."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (root needed): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_a_batch_larger_than_the_space_left_is_split_not_abandoned(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Database down, the spool on a 64 KiB disk mostly filled: one batch of 5 runs x 20 steps
+    does not fit whole; what fits is spooled at once (rows_spooled grows) and the rest waits in
+    memory. Once the filler is deleted the rest follows: nothing dropped or lost, and the
+    spool replays to 5 completed runs with 100 step rows."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("no fallback either")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+    spool_dir = small_disk / "spool"
+    processor = WorkflowHistorySpanProcessor(
+        make_engine(UNREACHABLE), spool_dir=str(spool_dir), spool_after=0.1
+    )
+    provider = own_provider(processor)
+    filler = small_disk / "filler"
+    try:
+        with workflow_run("wf", workflow_id="first", tracer_provider=provider):
+            pass
+        wait_for(lambda: processor.stats["writer_state"] == "spooling", "the outage")
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        filler.write_bytes(b"x" * (free - 12 * 1024))  # 12 KiB left: a few dozen rows
+        before = processor.stats["rows_spooled"]
+        sys.setswitchinterval(5.0)  # all of it queued before the writer drains: one batch
+        try:
+            for n in range(5):
+                with workflow_run("wf", workflow_id=f"wf-{n}", tracer_provider=provider) as run:
+                    for s in range(20):
+                        with run.step(f"s{s}"):
+                            pass
+        finally:
+            sys.setswitchinterval(0.005)
+        wait_for(lambda: processor.stats["spool_errors"] > 0, "the disk to refuse a batch")
+        wait_for(lambda: processor.stats["rows_spooled"] > before, "the part that fits")
+        assert processor.stats["rows_lost"] == 0 and processor.stats["steps_dropped"] == 0
+        filler.unlink()
+        wait_for(lambda: not processor.writer.has_pending, "the rest to be spooled")
+    finally:
+        processor.shutdown(5_000)
+    stats = processor.stats
+    assert (stats["rows_lost"], stats["steps_dropped"], stats["events_dropped"]) == (0, 0, 0)
+    engine = make_engine(f"sqlite:///{tmp_path}/replayed.db")
+    create_schema(engine)
+    replayer = Replayer(spool_dir / spool_key(UNREACHABLE), spool_key(UNREACHABLE))
+    while replayer.replay_chunk(engine):
+        pass
+    with engine.connect() as connection:
+        runs = connection.execute(sa.select(workflow_history.c.status)).scalars().all()
+        steps = connection.scalar(sa.select(sa.func.count()).select_from(workflow_step_history))
+    assert (sorted(runs), steps) == (["completed"] * 6, 100)
+    engine.dispose()

@@ -48,7 +48,7 @@ def test_states_move_from_healthy_to_spooling_and_stop(
     tmp_path: Path, tracer_provider: TracerProvider
 ) -> None:
     """healthy while the database answers; retrying, then spooling, while it does not;
-    stopped after shutdown — each the value of one WriterState."""
+    stopped after shutdown, with the thread ended — each the value of one WriterState."""
     good = WorkflowHistorySpanProcessor(make_engine(f"sqlite:///{tmp_path}/h.db"))
     _SWITCHBOARD.targets.append(good)
     with workflow_run("wf") as run, run.step("s"):
@@ -56,7 +56,7 @@ def test_states_move_from_healthy_to_spooling_and_stop(
     assert good.force_flush(10_000)
     assert good.stats["writer_state"] == WriterState.HEALTHY.value
     good.shutdown(5_000)
-    assert good.stats["writer_state"] == WriterState.STOPPED.value
+    assert_stopped(good)
 
     bad = WorkflowHistorySpanProcessor(make_engine(UNREACHABLE), spool_after=0.3)
     _SWITCHBOARD.targets[:] = [bad]
@@ -70,7 +70,15 @@ def test_states_move_from_healthy_to_spooling_and_stop(
     assert WriterState.SPOOLING.value in seen, seen
     assert seen <= {s.value for s in WriterState}
     bad.shutdown(2_000)
-    assert bad.stats["writer_state"] == WriterState.STOPPED.value
+    assert_stopped(bad)
+
+
+def assert_stopped(processor: WorkflowHistorySpanProcessor) -> None:
+    """``stopped`` is reported only once the writer's thread has really ended."""
+    thread = processor.writer._thread
+    assert thread is not None and not thread.is_alive()
+    assert not processor.writer.alive
+    assert processor.stats["writer_state"] == WriterState.STOPPED.value
 
 
 def test_step_logs_keep_the_configured_number_of_lines(

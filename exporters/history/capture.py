@@ -92,6 +92,10 @@ class StepEnd(NamedTuple):
     message: str | None
     error: ErrorInfo | None
     logs: tuple[dict[str, Any], ...] | None = None
+    input: Any = None
+    """``workflow.step.input`` as the sender set it (JSON text from flowtel's API)."""
+    output: Any = None
+    """``workflow.step.output`` as the sender set it."""
 
 
 Event = RunStart | RunEnd | StepStart | StepEnd
@@ -109,6 +113,7 @@ _RUN_START, _STEP_START, _RUN_END, _STEP_END = 0, 1, 2, 3
 _RUN_ID, _STEP_NAME = attr.RUN_ID, attr.STEP_NAME
 _STEP_INDEX, _STEP_ATTEMPT = attr.STEP_INDEX, attr.STEP_ATTEMPT
 _STEP_STATUS, _STEP_MESSAGE = attr.STEP_STATUS, attr.STEP_MESSAGE
+_STEP_INPUT, _STEP_OUTPUT = attr.STEP_INPUT, attr.STEP_OUTPUT
 _START_SPAN_ID, _END_SPAN_ID = 5, 7  # where a step start's / step end's tuple holds its span id
 
 
@@ -162,6 +167,8 @@ def capture_end(span: Any) -> tuple[Any, ...] | None:
             start,
             end,
             events,
+            get(_STEP_INPUT),
+            get(_STEP_OUTPUT),
         )
     return (
         _RUN_END,
@@ -189,7 +196,8 @@ def decode(raw: tuple[Any, ...]) -> Event:
         run_id = str(attributes[attr.RUN_ID])
         return RunStart(run_id, trace_id, span_id, trace_flags, start_ns, attributes)
     if kind == _STEP_END:
-        _, run_id, name, index, attempt, status, message, span_id, start_ns, end_ns, events = raw
+        (_, run_id, name, index, attempt, status, message, span_id, start_ns, end_ns, events,
+         given, returned) = raw  # fmt: skip
         start_ns = start_ns or 0
         return StepEnd(
             str(run_id),
@@ -199,10 +207,12 @@ def decode(raw: tuple[Any, ...]) -> Event:
             str(name),
             _int(index, 0),
             _int(attempt, 1),
-            "completed" if status is None else str(status),
+            attr.StepStatus.COMPLETED.value if status is None else str(status),
             _str(message),
             _error(events) if events else None,
             _logs(events) if events else None,
+            given,
+            returned,
         )
     _, attributes, trace_id, span_id, trace_flags, start_ns, end_ns, description, events = raw
     start_ns = start_ns or 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -47,11 +48,14 @@ class DatabaseThread:
     def __init__(self, notify: Callable[[], None]) -> None:
         self._notify = notify
         self._job: tuple[str, Callable[[], Any]] | None = None
+        self.started_at = 0.0
+        """When the call in flight was submitted (``time.monotonic()``)."""
         self._outcome: Outcome | None = None
         self._submitted = threading.Event()
         self._finished = threading.Event()
         self._calling = threading.Lock()  # held during each call, and across os.fork()
         self._held_for_fork = False
+        self._stopping = False
         self._thread: threading.Thread | None = None
         _LIVE.add(self)
 
@@ -71,6 +75,7 @@ class DatabaseThread:
         if self._job is not None:
             raise RuntimeError("a database call is already in flight")
         self._job = (kind, call)
+        self.started_at = time.monotonic()
         self._finished.clear()
         if self._thread is None:
             self._thread = threading.Thread(
@@ -93,7 +98,9 @@ class DatabaseThread:
         return self._finished.wait(max(timeout, 0.0))
 
     def stop(self) -> None:
-        """Let the thread end once idle (a call that hangs is abandoned with the daemon)."""
+        """End the thread now if idle, else as soon as the call in flight returns (a call that
+        never returns is abandoned with the daemon thread)."""
+        self._stopping = True
         if self._job is None and self._thread is not None:
             self._job = ("stop", _stop)
             self._submitted.set()
@@ -120,6 +127,8 @@ class DatabaseThread:
                 self._outcome = outcome
                 self._finished.set()
                 self._notify()
+                if self._stopping:
+                    return
         finally:
             otel_context.detach(token)
 

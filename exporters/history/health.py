@@ -32,8 +32,9 @@ class WriterState(Enum):
     tracks them): ``HEALTHY`` → ``RETRYING`` when a database call fails; ``RETRYING`` →
     ``SPOOLING`` after ``spool_after`` seconds of failures (or at once when the database
     refuses the rows themselves); ``RETRYING``/``SPOOLING`` → ``HEALTHY`` when a write or
-    probe succeeds (the spool is then replayed between batches); any state → ``STOPPED`` at
-    shutdown.
+    probe succeeds (the spool is then replayed between batches); a call that has not answered
+    within ``spool_after`` seconds counts as failed (``SPOOLING`` while it hangs); any state →
+    ``STOPPED`` once the thread ended at shutdown, → ``DEAD`` if it ended any other way.
     """
 
     HEALTHY = "healthy"
@@ -44,6 +45,9 @@ class WriterState(Enum):
     """The database stays down: each batch goes to the spool; attempts probe for its return."""
     STOPPED = "stopped"
     """The loop ended (shutdown): what was not committed is spooled; nothing more is taken."""
+    DEAD = "dead"
+    """The writer's thread ended without a shutdown: nothing is recorded any more; ``put``
+    refuses (and counts) every event, and health endpoints answer 503."""
 
 
 @dataclass
@@ -62,6 +66,9 @@ class WriterStats:
     spool_errors: int = 0
     rows_replayed: int = 0
     rows_rejected: int = 0
+    values_rejected: int = 0
+    events_rejected: int = 0
+    loop_errors: int = 0
     spool_records_skipped: int = 0
     spool_bytes_skipped: int = 0
     rows_lost: int = 0
@@ -122,6 +129,23 @@ class WriterHealth:
             stats.retries += 1
         self._backoff = min(self.max_backoff, max(0.05, self._backoff * 2))
         self.retry_at = time.monotonic() + self._backoff
+
+    def hung(self, kind: str, since: float) -> None:
+        """A database call (*kind*, submitted at *since*) has not answered: count it as an
+        outage that began when it was submitted, so that rows are spooled at once."""
+        if self.failing_since is not None and self.failing_since <= since:
+            return
+        self.stats.write_errors += 1
+        self.stats.last_error = f"the database has not answered a {kind} call"
+        if self.failing_since is None:
+            logger.error(
+                "flowtel's %s call to %s has not answered for %.1f s; spooling to local disk "
+                "until it does",
+                kind,
+                display_url(self.url),
+                time.monotonic() - since,
+            )
+        self.failing_since = since
 
     def spooled(self, directory: object, why: str | None, *, outage: bool) -> None:
         """Rows went to the spool: log the first time of an outage, or of each other reason.

@@ -2,7 +2,9 @@
 
 A thin ``SpanProcessor`` facade. ``on_start``/``on_end`` run on the application's thread; they
 copy a few fields into an event tuple (:mod:`.capture`) and hand it to the writer's queue — O(1),
-no I/O, no lock, and no exception ever escapes. Everything after the queue (draining, folding,
+no I/O, no lock, and no exception ever escapes; under ``durability="run"``/``"step"`` a durable
+point then waits, at most ``durability_timeout`` seconds, until its rows are committed or
+spooled. Everything after the queue (draining, folding,
 committing, spooling, replaying, heart-beating, answering flushes) is the writer's, in one loop
 with named states (see :mod:`exporters.history.writer`). ``force_flush`` and ``shutdown`` honour
 their timeouts. A forked child gets its own queue, writer, spool file and connection pool.
@@ -21,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from sqlalchemy.engine import Engine
 
 from exporters.history.capture import capture_end, capture_start, ends_step, is_run_event
+from exporters.history.tracelink import check_trace_url_template
 from exporters.history.writer import HistoryWriter
 from exporters.spool.files import spool_directory
 from instrumentation.recording import history_processor_started, history_processor_stopped
@@ -48,8 +51,9 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         service_name: stored in each run row's ``service_name``.
         create_tables: create the tables if they do not exist (by the writer thread, before
             its first write, so an unreachable database never fails the caller).
-        max_queue_size: events held in memory at most; past it new ones are dropped (and
-            counted in ``events_dropped``), a run's end excepted: it is always queued.
+        max_queue_size: events held in memory at most; past it a step event is spooled on the
+            caller's thread (``events_overflowed``), or without a writable spool dropped (and
+            counted in ``events_dropped``); a run's start and end are always queued.
         max_batch_size: events folded into one write at most.
         spool_threshold: queue length past which the writer spools what it drains instead of
             writing it (default: 90 % of *max_queue_size*: with a healthy database a burst
@@ -106,6 +110,8 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             raise ValueError(
                 f"durability={durability!r} is not one of {', '.join(DURABILITY_LEVELS)}"
             )
+        template = _trace_url_template(trace_url_template)
+        check_trace_url_template(template)
         self.durability = durability
         self._durable_runs = durability != "async"
         self._durable_steps = durability == "step"
@@ -116,9 +122,7 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             "create_tables": create_tables,
             "service_name": service_name,
             "context_keys": context_keys,
-            "trace_url_template": trace_url_template
-            if trace_url_template is not None
-            else os.environ.get("FLOWTEL_TRACE_URL_TEMPLATE"),
+            "trace_url_template": template,
             "spool_after": spool_after,
             "heartbeat_interval": heartbeat_interval,
             "max_pending_steps": max_pending_steps,
@@ -135,9 +139,18 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
 
+    @staticmethod
+    def check_settings(options: dict[str, Any]) -> None:
+        """Raise ``ValueError`` saying what to write instead if *options* (the constructor's
+        keyword arguments) or the environment hold a setting the writer could not use: today
+        a ``trace_url_template`` / ``FLOWTEL_TRACE_URL_TEMPLATE`` naming other fields than
+        ``{trace_id}`` and ``{span_id}``. ``configure()`` calls it before connecting."""
+        check_trace_url_template(_trace_url_template(options.get("trace_url_template")))
+
     # -- the application's thread ----------------------------------------------------------
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        """Queue the start of a workflow or step span (never raises, never blocks)."""
+        """Queue the start of a workflow or step span (never raises; waits only for a durable
+        run start, at most ``durability_timeout`` seconds)."""
         try:
             if self._shutdown:
                 return
@@ -150,7 +163,8 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
             self._callback_failed()
 
     def on_end(self, span: ReadableSpan) -> None:
-        """Queue the end of a workflow or step span (never raises, never blocks)."""
+        """Queue the end of a workflow or step span (never raises; waits only for a durable run
+        or step end, at most ``durability_timeout`` seconds)."""
         try:
             if self._shutdown:
                 return
@@ -175,7 +189,9 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
 
         Returns within *timeout_millis*. A failed commit is retried (with backoff) until the
         database has failed for ``spool_after`` seconds or half of the timeout has passed; then
-        what is left is spooled (and False returned).
+        what is left is spooled, and the flush waits (up to its timeout) for the replay to
+        commit it once the database answers again. False also when events were dropped since
+        the last flush (the queue was full).
         """
         return self._writer.flush(max(timeout_millis, 0) / 1000)
 
@@ -219,6 +235,10 @@ class WorkflowHistorySpanProcessor(SpanProcessor):
         self._writer = self._make_writer()
         if not self._shutdown:
             self._writer.start()
+
+
+def _trace_url_template(given: str | None) -> str | None:
+    return given if given is not None else os.environ.get("FLOWTEL_TRACE_URL_TEMPLATE")
 
 
 def _after_fork(ref: weakref.ref[WorkflowHistorySpanProcessor]) -> None:

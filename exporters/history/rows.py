@@ -11,6 +11,7 @@ those written before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,9 +23,11 @@ from exporters.db.heartbeat import HOST
 from exporters.db.timestamps import iso_text, to_datetime
 from exporters.history.capture import ErrorInfo, RunEnd, RunStart, StepEnd, StepStart
 from exporters.history.sanitize import clean_run_row, clean_step_row
+from exporters.history.tracelink import trace_url
 from instrumentation import attributes as attr
 from instrumentation._spans import traceparent_of
 from instrumentation.attributes import RunStatus, StepStatus
+from instrumentation.clean import clean_json
 from instrumentation.limits import get_limits, truncation_marker
 
 __all__ = ["RunState", "StepSummary", "step_row"]
@@ -99,6 +102,9 @@ class RunState:
         self.errors: list[dict[str, Any]] = []
         self.seq = 0
         self.pid = os.getpid()
+        self.rejected: list[str] = []
+        """Values left out of the row since the writer last looked (``name=value``)."""
+        self._rejected_names: set[str] = set()  # each counted once per run
 
     # -- folding --------------------------------------------------------------------------
     def apply(self, event: RunStart | RunEnd | StepStart | StepEnd) -> None:
@@ -122,8 +128,11 @@ class RunState:
         self.trace_flags = event.trace_flags
         self.start_ns = event.start_ns
         declared = event.attributes.get(attr.RUN_DECLARED_STEPS) or ()
-        for position, name in enumerate(declared, start=1):
-            self._summary(position, str(name))
+        if isinstance(declared, (list, tuple)):
+            for position, name in enumerate(declared, start=1):
+                self._summary(position, str(name))
+        else:  # any sender can emit a scalar: the row goes without the declared steps
+            self._reject(attr.RUN_DECLARED_STEPS, f"{attr.RUN_DECLARED_STEPS}={declared!r:.80}")
         if isinstance(event, RunEnd):
             self.end_ns = event.end_ns
             self.status = str(event.attributes.get(attr.RUN_STATUS, RunStatus.COMPLETED.value))
@@ -223,9 +232,7 @@ class RunState:
                 "trace_id": trace_id,
                 "span_id": span_id,
                 "traceparent": traceparent,
-                "url": self.trace_url_template.format(trace_id=trace_id, span_id=span_id)
-                if self.trace_url_template
-                else None,
+                "url": self._trace_url(trace_id, span_id),
             },
         }
         if len(order) > listed:
@@ -256,6 +263,18 @@ class RunState:
             "seq": self.next_seq(),
         }
         return clean_run_row(values)
+
+    def _trace_url(self, trace_id: str, span_id: str) -> str | None:
+        url = trace_url(self.trace_url_template, trace_id, span_id)
+        if url is None and self.trace_url_template:
+            self._reject("trace url", f"trace url (template {self.trace_url_template!r:.80})")
+        return url
+
+    def _reject(self, name: str, text: str) -> None:
+        """Note a value left out of the row (once per run and value)."""
+        if name not in self._rejected_names:
+            self._rejected_names.add(name)
+            self.rejected.append(text)
 
 
 def _context(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -301,8 +320,22 @@ def step_row(event: StepStart | StepEnd) -> dict[str, Any]:
         "error_message": error.message if error else None,
         "error_stacktrace": error.stacktrace if error else None,
         "logs": _log_lines(event.logs) if isinstance(event, StepEnd) and event.logs else None,
+        "input": step_io(event.input) if isinstance(event, StepEnd) else None,
+        "output": step_io(event.output) if isinstance(event, StepEnd) else None,
     }
     return clean_step_row(values)
+
+
+def step_io(value: Any) -> Any:
+    """A step's recorded input or output for its row: the JSON the span carries, parsed, then
+    redacted and bounded again (a sender other than flowtel's API may have set anything);
+    text that is not JSON is kept as a string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError, RecursionError):  # else kept as the text it is
+            value = json.loads(value)
+    return clean_json(value, get_limits().io_bytes)[0]
 
 
 def _log_lines(logs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:

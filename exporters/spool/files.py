@@ -188,6 +188,7 @@ class Spool:
         except OSError:
             try:
                 os.ftruncate(fd, self._size)  # never leave half a batch before the next one
+                os.lseek(fd, self._size, os.SEEK_SET)  # nor a hole: the next write goes here
             except OSError:
                 self.seal()
             raise

@@ -61,6 +61,8 @@ _LOSSES = {
     "events_dropped": "queue_full",  # events: the queue was at its cap
     "steps_dropped": "memory_cap",  # step rows: no working spool, oldest dropped in memory
     "rows_lost": "unwritten_at_shutdown",  # rows neither committed nor spooled at shutdown
+    "export_failed": "export_failed",  # collector mode: workflow spans the collector refused
+    "events_rejected": "rejected_input",  # events the writer could not fold or render
 }
 
 DURATION_BUCKETS: tuple[float, ...] = (
