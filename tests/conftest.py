@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from exporters import WorkflowHistorySpanProcessor, make_engine
 from exporters.db.schema import metadata, workflow_history, workflow_step_history
 from tests.pg_private import private_postgres  # noqa: F401 - the fixture, registered once
+from tests.spawn import reap_spawned  # noqa: F401 - autouse: every test's children stopped
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
 SERVER_ENV = {"postgresql": "FLOWTEL_TEST_POSTGRES_URL", "mysql": "FLOWTEL_TEST_MYSQL_URL"}
@@ -122,43 +124,62 @@ def _server_url(backend: str) -> str:
     return str(url)
 
 
+def _drop_database(admin: sa.Engine, backend: str, name: str) -> None:
+    """Drop ``name``, retrying for up to 30 s on any database error.
+
+    A child process's last connection may linger a moment, and PostgreSQL's ``WITH (FORCE)``
+    cannot end an autovacuum worker for a role that is not a superuser (it raises
+    ``InsufficientPrivilege``) — the worker leaves by itself within seconds.
+    """
+    force = " WITH (FORCE)" if backend == "postgresql" else ""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+            return
+        except sa.exc.DBAPIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@contextmanager
+def fresh_server_database(backend: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on a server backend, dropped afterwards whatever happens.
+
+    A server that is not configured or does not answer skips the test locally and fails it under
+    CI (``missing_service``).
+    """
+    base = sa.make_url(_server_url(backend))
+    name = f"{prefix}_{os.getpid()}_{random.getrandbits(24):06x}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        except sa.exc.OperationalError as exc:
+            missing_service(backend, f"cannot connect ({type(exc).__name__}); start it")
+        try:
+            yield base.set(database=name).render_as_string(hide_password=False)
+        finally:
+            _drop_database(admin, backend, name)
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def server_database() -> Iterator[dict[str, str]]:
     """A throw-away database per server backend for this test session (created lazily)."""
-    created: dict[str, tuple[sa.URL, str]] = {}
-    urls: dict[str, str] = {}
+    with ExitStack() as databases:
 
-    class Lazy(dict[str, str]):
-        def __missing__(self, backend: str) -> str:
-            base = sa.make_url(_server_url(backend))
-            name = f"flowtel_test_{os.getpid()}_{random.getrandbits(24):06x}"
-            admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-            try:
-                with admin.connect() as connection:
-                    connection.execute(sa.text(f"CREATE DATABASE {name}"))
-            except sa.exc.OperationalError as exc:
-                missing_service(backend, f"cannot connect ({type(exc).__name__}); start it")
-            finally:
-                admin.dispose()
-            created[backend] = (base, name)
-            url = base.set(database=name).render_as_string(hide_password=False)
-            self[backend] = url
-            return url
+        class Lazy(dict[str, str]):
+            def __missing__(self, backend: str) -> str:
+                url = databases.enter_context(fresh_server_database(backend, "flowtel_test"))
+                self[backend] = url
+                return url
 
-    urls = Lazy()
-    yield urls
-    for base, name in created.values():
-        admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        for attempt in range(20):  # an autovacuum worker may still be in it for a moment
-            try:
-                with admin.connect() as connection:
-                    connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-                break
-            except sa.exc.OperationalError:
-                if attempt == 19:
-                    raise
-                time.sleep(0.5)
-        admin.dispose()
+        yield Lazy()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,11 +11,8 @@ are listed. Server databases are created per test and dropped afterwards.
 from __future__ import annotations
 
 import json
-import os
-import random
 import sqlite3
 import stat
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -32,7 +29,7 @@ from exporters.cli.history import runs, show
 from exporters.db.migrations.legacy import LEGACY_SERVICE_NAME
 from exporters.db.schema import create_schema
 from instrumentation import StepContext
-from tests.conftest import BACKENDS, SERVER_ENV, missing_service
+from tests.conftest import BACKENDS, fresh_server_database
 from tests.old_model import ported
 from tests.old_model.lab import Lab
 from tests.old_model.legacy_db import SERVERS, build_old_database, raw_old_values
@@ -47,29 +44,8 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path}/history.db"
         return
-    variable = SERVER_ENV[backend]
-    if not os.environ.get(variable):
-        missing_service(backend, f"set {variable}")
-    base = sa.make_url(os.environ[variable])
-    name = f"flowtel_mig_{os.getpid()}_{random.getrandbits(24):06x}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    except sa.exc.OperationalError as exc:
-        missing_service(backend, f"cannot connect ({type(exc).__name__}); start it")
-    yield base.set(database=name).render_as_string(hide_password=False)
-    force = " WITH (FORCE)" if backend == "postgresql" else ""
-    for attempt in range(20):  # an autovacuum worker on the new tables cannot be forced out
-        try:
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
-            break
-        except sa.exc.DBAPIError:
-            if attempt == 19:
-                raise
-            time.sleep(0.5)
-    admin.dispose()
+    with fresh_server_database(backend, "flowtel_mig") as url:
+        yield url
 
 
 def invoke(*args: str) -> Any:
@@ -284,10 +260,12 @@ def test_revision_0002_rekeys_the_steps_of_a_0001_database_keeping_its_rows(
                 f"attempt, status) VALUES ('run-{n}', 'span-{n}', {n}, 'step', 1, 'completed')"
             )
     before = check_schema(engine)
-    assert [(d.kind, d.blocking) for d in before.differences] == [("missing_unique", True)]
-    result = migrations.upgrade(engine)
+    assert ("missing_unique", True) in [(d.kind, d.blocking) for d in before.differences]
+    result = migrations.upgrade(engine, "0002")
     assert (result.from_revision, result.to_revision) == ("0001", "0002")
     assert any("(run_id, span_id)" in note for note in result.notes)
+    assert "missing_unique" not in [d.kind for d in check_schema(engine).differences]
+    migrations.upgrade(engine)
     assert check_schema(engine).matches
     rows = [
         {
@@ -318,3 +296,256 @@ def test_revision_0002_rekeys_the_steps_of_a_0001_database_keeping_its_rows(
         ("run-2", "span-2", "step"),
     ]
     assert invoke("check", "--db", empty_url).exit_code == 0
+
+
+def record_demo_runs(url: str, runs: int = 12) -> None:
+    """*runs* demo provisioning runs (failures, retries, skips, stack traces, log lines)."""
+    from exporters.cli.demo_workflow import run_demo
+
+    engine = make_engine(url)
+    processor = WorkflowHistorySpanProcessor(engine)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    try:
+        summary = run_demo(
+            runs=runs, seed=3, failure_rate=0.5, step_delay=0.0, tracer_provider=provider
+        )
+        assert summary.failed and summary.completed, summary
+        assert processor.force_flush(10_000), processor.stats
+    finally:
+        processor.shutdown(10_000)
+        engine.dispose()
+
+
+def stored_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of both history tables, every column, by id."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {
+                table: [
+                    tuple(row)
+                    for row in connection.exec_driver_sql(f"SELECT * FROM {table} ORDER BY id")
+                ]
+                for table in ("workflow_history", "workflow_step_history")
+            }
+    finally:
+        engine.dispose()
+
+
+def what_readers_see(url: str) -> dict[str, Any]:
+    """What the CLI's query API and the web view's queries return for every run."""
+    import datetime as dt
+
+    from exporters.query.store import HistoryStore
+    from exporters.serve.queries import RunFilters, legacy_rows, live_snapshot, runs_page
+
+    store = HistoryStore(make_engine(url))
+    try:
+        listed = [run.to_json() for run in store.list_runs(limit=1000)]
+        since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+        stats = store.stats(since=since, by="device_type").to_json()
+        stats.pop("until")
+        page = runs_page(store.engine, RunFilters(status="failed"), limit=1000)
+        with store.engine.connect() as connection:
+            live = {k: v.to_json() for k, v in live_snapshot(connection, []).items()}
+        return {
+            "runs": listed,
+            "details": [store.get_run(run["run_id"]).to_json() for run in listed],
+            "stats": stats,
+            "failed_page": [run.to_json() for run in page.runs],
+            "live": live,
+            "legacy": legacy_rows(store.engine, {}, 1000, None),
+        }
+    finally:
+        store.close()
+
+
+def step_index_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {str(i["name"]) for i in sa.inspect(engine).get_indexes("workflow_step_history")}
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the database at *url* down to *revision* with the revisions' own downgrades."""
+    from alembic import command
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(migrations.alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def test_revision_0003_keeps_every_row_field_and_reading_of_a_0002_database(
+    empty_url: str,
+) -> None:
+    engine = make_engine(empty_url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    record_demo_runs(empty_url)
+    seen = what_readers_see(empty_url)
+    assert any(run["failed_step"] for run in seen["details"])
+    assert any(step["error_stacktrace"] for run in seen["details"] for step in run["steps"])
+    downgrade(empty_url, "0002")  # the runs as a 0002 database holds them
+    rows = stored_rows(empty_url)
+
+    result = invoke("upgrade", "--db", empty_url)
+
+    assert result.exit_code == 0, result.output
+    assert f"from 0002 to {migrations.HEAD_REVISION}" in result.output
+    after = stored_rows(empty_url)  # later revisions append columns: compare 0002's
+    assert {t: [r[: len(rows[t][0])] for r in after[t]] for t in after} == rows
+    assert what_readers_see(empty_url) == seen
+    assert invoke("check", "--db", empty_url).exit_code == 0
+    record_demo_runs(empty_url, runs=2)  # the writer's upserts find their key
+    assert len(stored_rows(empty_url)["workflow_history"]) == len(rows["workflow_history"]) + 2
+
+
+def test_revision_0003_drops_the_step_indexes_no_query_uses(empty_url: str) -> None:
+    engine = make_engine(empty_url)
+    migrations.upgrade(engine, "0002")
+    assert "ix_workflow_step_history_run_id" in step_index_names(empty_url)
+
+    result = migrations.upgrade(engine)
+
+    postgresql = engine.dialect.name == "postgresql"
+    engine.dispose()
+    names = step_index_names(empty_url)
+    assert result.to_revision == migrations.HEAD_REVISION
+    assert "ix_workflow_step_history_run_id" not in names
+    assert ("ix_workflow_step_history_started_at" in names) is postgresql
+    assert "ix_workflow_step_history_status_started_at" in names
+    assert any("ix_workflow_step_history_run_id" in note for note in result.notes)
+
+
+def test_revision_0003_creates_no_dropped_index_on_a_new_database(empty_url: str) -> None:
+    engine = make_engine(empty_url)
+    migrations.upgrade(engine)
+    postgresql = engine.dialect.name == "postgresql"
+    engine.dispose()
+    fresh = step_index_names(empty_url)
+    other = empty_url.replace("history.db", "created.db") if "sqlite" in empty_url else None
+    assert "ix_workflow_step_history_run_id" not in fresh
+    assert ("ix_workflow_step_history_started_at" in fresh) is postgresql
+    if other is not None:  # the writer's own create_all builds the same indexes
+        created = make_engine(other)
+        create_schema(created)
+        created.dispose()
+        assert step_index_names(other) == fresh
+
+
+def test_revision_0003_runs_again_after_an_interrupted_upgrade(empty_url: str) -> None:
+    engine = make_engine(empty_url)
+    migrations.upgrade(engine, "0002")
+    mysql = engine.dialect.name in ("mysql", "mariadb")
+    with engine.begin() as connection:  # as if MariaDB had committed the first DROP INDEX
+        on_table = " ON workflow_step_history" if mysql else ""
+        connection.execute(sa.text(f"DROP INDEX ix_workflow_step_history_run_id{on_table}"))
+
+    result = migrations.upgrade(engine)
+
+    engine.dispose()
+    assert result.to_revision == migrations.HEAD_REVISION
+    assert "ix_workflow_step_history_run_id" not in step_index_names(empty_url)
+    assert invoke("check", "--db", empty_url).exit_code == 0
+
+
+def step_index_definitions(url: str) -> dict[str, str]:
+    """PostgreSQL's definition of each step index, by name."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(
+                sa.text(
+                    "SELECT indexname, indexdef FROM pg_indexes "
+                    "WHERE tablename = 'workflow_step_history'"
+                )
+            ).all()
+        return {str(name): str(definition) for name, definition in found}
+    finally:
+        engine.dispose()
+
+
+def test_revision_0003_makes_postgresql_step_status_index_partial(empty_url: str) -> None:
+    if not empty_url.startswith("postgresql"):
+        pytest.skip("partial indexes are PostgreSQL's")
+    engine = make_engine(empty_url)
+    migrations.upgrade(engine, "0002")
+    status_index = "ix_workflow_step_history_status_started_at"
+    assert " WHERE " not in step_index_definitions(empty_url)[status_index]
+
+    migrations.upgrade(engine)
+
+    engine.dispose()
+    assert step_index_definitions(empty_url)[status_index].endswith(
+        "WHERE ((status)::text <> 'completed'::text)"
+    )
+
+
+def plan(url: str, sql: str) -> str:
+    """The query plan of *sql* (PostgreSQL with sequential scans discouraged)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(sa.text("SET enable_seqscan = off"))
+                rows = connection.execute(sa.text(f"EXPLAIN {sql}")).all()
+                return "\n".join(str(r[0]) for r in rows)
+            rows = connection.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}")).all()
+            return "\n".join(str(r[-1]) for r in rows)
+    finally:
+        engine.dispose()
+
+
+STEP_QUERIES = {
+    "steps_of_a_run": "SELECT * FROM workflow_step_history WHERE run_id = 'r' "
+    "ORDER BY step_index, attempt",
+    "failed_since": "SELECT step_name, error_type FROM workflow_step_history "
+    "WHERE status = 'failed' AND started_at >= '2026-11-01'",
+    "retrying_since": "SELECT step_name FROM workflow_step_history "
+    "WHERE status = 'retrying' AND started_at >= '2026-11-01'",
+    "completed_since": "SELECT step_name, duration_ms FROM workflow_step_history "
+    "WHERE status = 'completed' AND started_at >= '2026-11-01'",
+}
+
+
+def test_step_queries_use_an_index_after_revision_0003(empty_url: str) -> None:
+    if empty_url.startswith("mysql"):
+        pytest.skip("MariaDB plans a full scan of a small table whatever its indexes")
+    engine = make_engine(empty_url)
+    migrations.upgrade(engine, "0002")
+    migrations.upgrade(engine)
+    engine.dispose()
+
+    plans = {name: plan(empty_url, sql) for name, sql in STEP_QUERIES.items()}
+
+    for name, text in plans.items():
+        # PostgreSQL: (Bitmap) Index Scan, never Seq Scan; SQLite: SEARCH ... USING INDEX
+        assert "Seq Scan" not in text and "SCAN workflow_step_history" not in text, (name, text)
+        assert "Index Scan" in text or "USING INDEX" in text, (name, text)
+
+
+def test_revision_0003_downgrades_to_the_indexes_of_0002(empty_url: str) -> None:
+    from alembic import command
+
+    engine = make_engine(empty_url)
+    migrations.upgrade(engine, "0002")
+    at_0002 = step_index_names(empty_url)
+    migrations.upgrade(engine)
+    with engine.begin() as connection:
+        command.downgrade(migrations.alembic_config(connection), "0002")
+    postgresql = engine.dialect.name == "postgresql"
+    engine.dispose()
+
+    assert step_index_names(empty_url) == at_0002
+    reader = make_engine(empty_url)
+    assert migrations.current_revision(reader) == "0002"
+    reader.dispose()
+    if postgresql:
+        definitions = step_index_definitions(empty_url)
+        assert " WHERE " not in definitions["ix_workflow_step_history_status_started_at"]

@@ -14,7 +14,10 @@ SELECT * FROM unnest(%b::type[], ...) ON CONFLICT ...`` with one array parameter
 sent in binary. Its text is short and constant, so psycopg parses it once and the server
 prepares it once, where a thousand-row ``VALUES`` list was re-parsed on every execution
 (psycopg only caches short queries): measured, bind and SQL went from 1,150 to 120 us of the
-writer's CPU per 23-step workflow (``benchmarks/README.md``). Text-format arrays cost 650 us
+writer's CPU per 23-step workflow (``benchmarks/README.md``). A durable point's batch (one
+run, one step) uses the ``VALUES`` form there too, cheaper to bind (:data:`SMALL_BATCH_ROWS`).
+A batch with both run and step rows is one statement (:class:`BatchUpsert`), so that the
+writer's connection, in autocommit, commits it in one round trip. Text-format arrays cost 650 us
 (psycopg escapes them in Python); COPY into a temporary table followed by ``INSERT ... SELECT
 ... ON CONFLICT`` was no faster than ``unnest`` and takes two more round trips.
 
@@ -42,7 +45,14 @@ from sqlalchemy.engine import Connection, Dialect
 
 from exporters.db.upsert import UpsertResult, count_step_conflicts, run_upsert, step_upsert
 
-__all__ = ["ArrayUpsert", "BulkUpsert", "bulk_upsert_rows"]
+__all__ = [
+    "SMALL_BATCH_ROWS",
+    "ArrayUpsert",
+    "BatchUpsert",
+    "BulkUpsert",
+    "bulk_upsert_rows",
+    "one_statement_batches",
+]
 
 _MAX_PARAMETERS = {"sqlite": 30_000, "postgresql": 60_000}
 _MAX_ROWS_PER_STATEMENT = 1_000
@@ -110,6 +120,10 @@ class BulkUpsert(_Compiled):
         self.chunk_rows = max(1, min(_MAX_ROWS_PER_STATEMENT, limit))
         self._sql: dict[int, str] = {}
 
+    def text(self, rows: int) -> str:
+        """The statement text for *rows* rows (at most :attr:`chunk_rows`)."""
+        return self.sql(rows)
+
     def sql(self, rows: int) -> str:
         """The statement text for *rows* rows (cached per count)."""
         text = self._sql.get(rows)
@@ -154,6 +168,10 @@ class ArrayUpsert(_Compiled):
         head = self._head[: -len("VALUES ")]
         self.sql = f"{head}SELECT * FROM unnest({', '.join(arrays)}){self._tail}"
 
+    def text(self, rows: int) -> str:
+        """The statement text, the same for any number of rows."""
+        return self.sql
+
     def parameters(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Any], ...]:
         """One list per column, bind-processed."""
         values = self.values
@@ -166,11 +184,55 @@ class ArrayUpsert(_Compiled):
         return connection.exec_driver_sql(self.sql, self.parameters(rows)).rowcount
 
 
-_cache: dict[tuple[str, str, str], BulkUpsert | ArrayUpsert] = {}
+class BatchUpsert:
+    """PostgreSQL: a batch's run and step rows in ONE statement, ``WITH runs AS (<run upsert>)
+    <step upsert>``, the runs' parameters bound first (their text comes first).
+
+    A data-modifying ``WITH`` runs whether or not the outer statement reads it, and the
+    statement's row count is the outer upsert's (the step rows written, which
+    :func:`~exporters.db.upsert.count_step_conflicts` needs). One statement is atomic by
+    itself, so on a connection in autocommit mode a whole batch costs one round trip instead
+    of four (``BEGIN``, two upserts, ``COMMIT``): that is most of a durable point's wait.
+    """
+
+    def __init__(self, runs: BulkUpsert | ArrayUpsert, steps: BulkUpsert | ArrayUpsert) -> None:
+        self.runs, self.steps = runs, steps
+        self._sql: dict[tuple[int, int], str] = {}
+
+    def execute(
+        self,
+        connection: Connection,
+        run_rows: Sequence[dict[str, Any]],
+        step_rows: Sequence[dict[str, Any]],
+    ) -> int:
+        """Upsert both; return how many step rows were inserted or updated."""
+        counts = (len(run_rows), len(step_rows))
+        key = counts if isinstance(self.runs, BulkUpsert) else (0, 0)  # arrays: one text
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = f"WITH runs AS ({self.runs.text(counts[0])}) {self.steps.text(counts[1])}"
+            self._sql[key] = sql
+        parameters = self.runs.parameters(run_rows) + self.steps.parameters(step_rows)
+        return connection.exec_driver_sql(sql, parameters).rowcount
 
 
-def _bulk(dialect: Dialect, kind: str) -> BulkUpsert | ArrayUpsert:
-    key = (dialect.name, dialect.driver, kind)
+SMALL_BATCH_ROWS = 2
+"""On PostgreSQL, a batch of at most this many rows (runs and steps: one durable point's run
+and step) is sent as a ``VALUES`` list, larger ones as ``unnest`` arrays. Binding an array makes
+psycopg look at its elements in Python, a fixed cost per column that a batch of one run and one
+step pays in full: measured on one PostgreSQL, 637 µs of CPU and 1.10 ms of wall time as arrays
+against 175 µs and 0.45 ms as ``VALUES``. Larger ``VALUES`` batches bound faster too when one
+text repeats, but every row count is a text of its own, which psycopg does not prepare and the
+server parses each time: with eight threads under ``durability="step"`` (batches of 2-16 rows)
+a limit of 16 committed 1,297-1,320 steps/s against 1,566-1,834 with this one."""
+
+_cache: dict[tuple[str, str, str, bool], BulkUpsert | ArrayUpsert] = {}
+_batches: dict[tuple[str, str, bool], BatchUpsert] = {}
+
+
+def _bulk(dialect: Dialect, kind: str, *, small: bool = False) -> BulkUpsert | ArrayUpsert:
+    arrays = _arrays(dialect) and not small
+    key = (dialect.name, dialect.driver, kind, arrays)
     bulk = _cache.get(key)
     if bulk is None:
         from exporters.db.schema import (
@@ -180,13 +242,20 @@ def _bulk(dialect: Dialect, kind: str) -> BulkUpsert | ArrayUpsert:
             workflow_step_history,
         )
 
-        form = ArrayUpsert if _arrays(dialect) else BulkUpsert
+        form = ArrayUpsert if arrays else BulkUpsert
         if kind == "run":
             bulk = form(dialect, workflow_history, run_upsert(dialect.name), RUN_COLUMNS)
         else:
             bulk = form(dialect, workflow_step_history, step_upsert(dialect.name), STEP_COLUMNS)
         _cache[key] = bulk
     return bulk
+
+
+def one_statement_batches(dialect: Dialect) -> bool:
+    """Whether :func:`bulk_upsert_rows` writes any batch with one data-changing statement on
+    *dialect* (then a connection in autocommit mode commits the batch atomically, in one round
+    trip)."""
+    return _arrays(dialect)
 
 
 def _arrays(dialect: Dialect) -> bool:
@@ -205,10 +274,20 @@ def bulk_upsert_rows(
         from exporters.db.upsert import upsert_rows
 
         return upsert_rows(connection, run_rows, step_rows)
-    if run_rows:
-        _bulk(dialect, "run").execute(connection, run_rows)
     conflicts = 0
+    small = len(run_rows) + len(step_rows) <= SMALL_BATCH_ROWS
+    if run_rows and step_rows and _arrays(dialect):
+        key = (dialect.name, dialect.driver, small)
+        batch = _batches.get(key)
+        if batch is None:
+            runs, steps = _bulk(dialect, "run", small=small), _bulk(dialect, "step", small=small)
+            batch = _batches[key] = BatchUpsert(runs, steps)
+        written = batch.execute(connection, run_rows, step_rows)
+        conflicts = count_step_conflicts(connection, step_rows, written)
+        return UpsertResult(len(run_rows), len(step_rows), conflicts)
+    if run_rows:
+        _bulk(dialect, "run", small=small).execute(connection, run_rows)
     if step_rows:
-        written = _bulk(dialect, "step").execute(connection, step_rows)
+        written = _bulk(dialect, "step", small=small).execute(connection, step_rows)
         conflicts = count_step_conflicts(connection, step_rows, written)
     return UpsertResult(len(run_rows), len(step_rows), conflicts)

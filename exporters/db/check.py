@@ -6,14 +6,17 @@ Types are compared by what flowtel stores, not by spelling: a legacy ``TEXT`` co
 ``VARCHAR(255)`` value, SQLite keeps timestamps and JSON as text, but a PostgreSQL ``timestamp``
 without time zone, a MariaDB ``TIMESTAMP`` or a too-short ``VARCHAR`` are differences.
 Differences that would make writes fail are *blocking*. :func:`prepare_schema`, which the
-writer and ``configure()`` call once at start, creates the schema on an empty database and
-raises :class:`SchemaMismatchError` naming ``flowtel db upgrade`` on a blocking difference.
+writer and ``configure()`` call once at start, creates the schema on an empty database under
+a lock of the database's own (so processes starting together never see each other's half-made
+schema as a mismatch) and raises :class:`SchemaMismatchError` naming ``flowtel db upgrade`` on
+a blocking difference.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from exporters.db.engine import display_url
 from exporters.db.migrations.compat import ddl, type_holds
-from exporters.db.schema import metadata
+from exporters.db.schema import POSTGRESQL_ONLY_INDEXES, ROLLUP_TABLES, metadata
 from exporters.errors import SchemaMismatchError
 
 __all__ = [
@@ -32,8 +35,6 @@ __all__ = [
     "check_schema",
     "prepare_schema",
 ]
-
-_PARTIAL_ATTEMPTS = 3  # tries to complete a schema another process is creating meanwhile
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,6 +97,15 @@ class SchemaReport:
     def blocking(self) -> tuple[SchemaDifference, ...]:
         """The differences that would make flowtel's writes fail."""
         return tuple(d for d in self.differences if d.blocking)
+
+    @property
+    def only_tables_missing(self) -> bool:
+        """Whether every blocking difference is a missing table: nothing flowtel cannot fix.
+
+        An empty database, or one whose tables another process is creating right now; the
+        writer's :func:`prepare_schema` creates what is missing.
+        """
+        return all(d.kind == "missing_table" for d in self.blocking)
 
     @property
     def empty(self) -> bool:
@@ -174,6 +184,8 @@ def _index_differences(table: sa.Table, inspector: Any) -> list[SchemaDifference
                 out.append(SchemaDifference(table.name, "missing_unique", columns[0], shown))
     for index in sorted(table.indexes, key=lambda i: str(i.name)):
         columns = tuple(c.name for c in index.columns)
+        if index.name in POSTGRESQL_ONLY_INDEXES and inspector.dialect.name != "postgresql":
+            continue
         if columns not in covered:
             shown = f"INDEX ({', '.join(columns)})"
             out.append(
@@ -204,7 +216,10 @@ def _check(connection: Connection) -> SchemaReport:
     notes: list[str] = []
     for table in metadata.tables.values():
         if table.name not in present:
-            differences.append(SchemaDifference(table.name, "missing_table", table.name))
+            optional = table.name in ROLLUP_TABLES  # stats read the base tables without them
+            differences.append(
+                SchemaDifference(table.name, "missing_table", table.name, blocking=not optional)
+            )
             continue
         live = inspector.get_columns(table.name)
         differences += _column_differences(table, live, connection.dialect)
@@ -241,11 +256,53 @@ def check_schema(engine: Engine | Connection) -> SchemaReport:
         return _check(connection)
 
 
-def _create_at_head(engine: Engine) -> None:
+_LOCK_NAME = "flowtel_schema"  # MariaDB/MySQL named lock taken while the schema is created
+_LOCK_KEY = 0x666C6F7774656C  # PostgreSQL advisory lock key ("flowtel")
+_LOCK_WAIT_S = 60  # the most a start waits for another process creating the schema
+
+
+@contextlib.contextmanager
+def _schema_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection holding the database's schema-creation lock, in a transaction.
+
+    One process at a time creates the tables; the others wait here, then find them complete.
+    SQLite: ``BEGIN IMMEDIATE`` (the database's write lock, waited for in the busy handler; the
+    tables appear to readers all at once at commit). PostgreSQL: a transaction-scoped advisory
+    lock (its DDL is transactional too). MariaDB/MySQL commit each ``CREATE TABLE`` on its own,
+    so a named ``GET_LOCK`` serialises the creators and readers treat missing tables as a
+    schema in progress.
+    """
+    backend = engine.dialect.name
+    with engine.connect() as connection:
+        if backend == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif backend == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        elif backend in ("mysql", "mariadb"):
+            got = connection.execute(
+                sa.text("SELECT GET_LOCK(:name, :wait)"), {"name": _LOCK_NAME, "wait": _LOCK_WAIT_S}
+            ).scalar()
+            if got != 1:
+                raise TimeoutError(
+                    f"another process has held the schema lock {_LOCK_NAME!r} of "
+                    f"{display_url(engine.url)} for over {_LOCK_WAIT_S} s"
+                )
+        try:
+            yield connection
+            connection.commit()
+        finally:
+            if backend in ("mysql", "mariadb"):
+                connection.rollback()
+                connection.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _LOCK_NAME})
+                connection.commit()
+
+
+def _create_missing(connection: Connection, report: SchemaReport) -> None:
+    """Create the tables *report* finds missing; an empty database is stamped at head."""
     from exporters.db.migrations import stamp
 
-    with engine.begin() as connection:
-        metadata.create_all(connection)
+    metadata.create_all(connection, checkfirst=True)
+    if report.empty:
         stamp(connection)
 
 
@@ -253,7 +310,10 @@ def prepare_schema(engine: Engine) -> SchemaReport:
     """Make sure flowtel can write history to *engine*; call once at start, never per row.
 
     On an empty database it creates both tables at the newest revision (and records it); on
-    a usable one it changes nothing.
+    a usable one it changes nothing. Safe when several processes start at once: the tables are
+    created under the database's schema lock (:func:`_schema_lock`), so one process creates
+    them and the others wait, then find them complete; a table missing beside the other (one
+    dropped by hand) is created the same way.
 
     Args:
         engine: the history database.
@@ -267,22 +327,15 @@ def prepare_schema(engine: Engine) -> SchemaReport:
         sqlalchemy.exc.OperationalError: the database cannot be reached (unchanged).
     """
     report = check_schema(engine)
-    if report.empty:
+    if report.blocking:  # look again under the lock: another process may be creating them
         try:
-            _create_at_head(engine)
+            with _schema_lock(engine) as connection:
+                report = check_schema(connection)  # as the lock holder before us left it
+                if report.blocking and report.only_tables_missing:
+                    _create_missing(connection, report)
         except SQLAlchemyError:
-            if check_schema(engine).empty:  # else another process created them meanwhile
+            if check_schema(engine).blocking:  # else another creator (no lock) finished it
                 raise
-        report = check_schema(engine)
-    for attempt in range(_PARTIAL_ATTEMPTS):
-        if not report.blocking or any(d.kind != "missing_table" for d in report.blocking):
-            break
-        # One table there, the other not: another process is creating them right now (MariaDB
-        # commits each CREATE TABLE), or the other was dropped. Creating what is missing is safe.
-        try:
-            metadata.create_all(engine, checkfirst=True)
-        except SQLAlchemyError:
-            time.sleep(0.1 * (attempt + 1))  # that other process holds it: look again
         report = check_schema(engine)
     if report.blocking:
         raise SchemaMismatchError(report)

@@ -54,9 +54,14 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def dumps_text(value: Any, *, indent: int | None = None) -> str:
-    """JSON text of *value* for output (UTF-8 kept, :func:`json_default` for the rest)."""
-    return json.dumps(value, ensure_ascii=False, indent=indent, default=json_default)
+def dumps_text(value: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
+    """JSON text of *value* for output (UTF-8 kept, :func:`json_default` for the rest).
+
+    *sort_keys* gives one order whatever the database kept (PostgreSQL's ``jsonb`` reorders
+    keys by length)."""
+    return json.dumps(
+        value, ensure_ascii=False, indent=indent, default=json_default, sort_keys=sort_keys
+    )
 
 
 def _size(text: str) -> int:
@@ -137,6 +142,11 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+"""``json.dumps(value, ensure_ascii=False, allow_nan=False)`` without building an encoder per
+call (``json.dumps`` reuses one only for its default arguments)."""
+
+
 def dumps_json(value: Any, *, max_depth: int | None = None) -> str:
     """Serialize a JSON column's value for any backend, within ``Limits.metadata_bytes``.
 
@@ -151,7 +161,7 @@ def dumps_json(value: Any, *, max_depth: int | None = None) -> str:
     """
     limit = get_limits().metadata_bytes
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text = _ENCODE(value)
     except (TypeError, ValueError, RecursionError):
         return _fit(value, limit)
     if not text.isascii():
