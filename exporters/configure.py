@@ -16,14 +16,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import Sampler
 from sqlalchemy.engine import URL, Engine
 
@@ -31,7 +31,10 @@ from exporters.db.check import SchemaMismatchError, check_schema
 from exporters.db.engine import display_url, make_engine, resolve_database_url
 from exporters.errors import AlreadyConfiguredError
 from exporters.history.processor import WorkflowHistorySpanProcessor
-from exporters.ingest.forward import HistoryForwarder
+from exporters.ops.policy import RetentionPolicy, policy_from_env
+from exporters.ops.schedule import RetentionRunner
+from exporters.telemetry.export import CountedSpanExport
+from exporters.telemetry.forward import HistoryForwarder
 from exporters.telemetry.logs import configure_logging
 from exporters.telemetry.metrics import WorkflowMetricsSpanProcessor, install_metrics
 from exporters.telemetry.otlp import (
@@ -46,6 +49,7 @@ from exporters.telemetry.otlp import (
 )
 from exporters.telemetry.provider import global_provider
 from exporters.telemetry.sampling import AuditSampler, sampler_from_env
+from exporters.telemetry.step_io import WithoutStepIO, export_step_io_from_env
 
 __all__ = ["Flowtel", "configure"]
 
@@ -54,34 +58,6 @@ logger = logging.getLogger("flowtel")
 _configure_lock = threading.Lock()
 _active: tuple[Flowtel, dict[str, Any]] | None = None
 """The live handle ``configure()`` returned, with the arguments it was given."""
-
-
-class _CountingExporter(SpanExporter):
-    """Passes spans to the OTLP exporter and counts its answers (the batch processor does not)."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self.inner = inner
-        self.exported = 0
-        self.failed = 0
-        self._lock = threading.Lock()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            result = SpanExportResult.FAILURE
-        with self._lock:
-            if result is SpanExportResult.SUCCESS:
-                self.exported += len(spans)
-            else:
-                self.failed += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.inner.force_flush(timeout_millis)
 
 
 COLLECTOR_URL = URL.create("flowtel-collector")
@@ -96,15 +72,18 @@ class Flowtel:
         engine: Engine | None,
         tracer_provider: TracerProvider,
         processor: WorkflowHistorySpanProcessor | HistoryForwarder,
-        span_export: BatchSpanProcessor | None,
+        span_export: CountedSpanExport | None,
         owns_provider: bool,
         *,
         span_exporter: SpanExporter | None = None,
         metrics_processor: WorkflowMetricsSpanProcessor | None = None,
         meter_provider: MeterProvider | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+        retention: RetentionRunner | None = None,
     ) -> None:
         self.engine = engine
+        self.retention = retention
+        """The background retention pass (``configure(retention=...)``), if any."""
         self.tracer_provider = tracer_provider
         self.processor = processor
         self.span_export = span_export
@@ -115,23 +94,26 @@ class Flowtel:
         self.shutdown_timeout = shutdown_timeout
         self._owns_provider = owns_provider
         self._closed = False
-        self._counted: _CountingExporter | None = None
 
     @property
     def trace_export(self) -> dict[str, Any]:
         """How the OTLP trace export went, apart from the history rows.
 
         ``enabled`` (OTLP export is on), ``spans_exported`` and ``spans_failed`` (the
-        exporter's answers so far) and ``ok`` (``None`` when off, else no span failed).
+        exporter's answers so far), ``spans_dropped`` (evicted from the export's full queue,
+        ended after shutdown or left queued when it gave up) and ``ok`` (``None`` when off,
+        else no span failed or was dropped).
         """
-        counted = self._counted
-        exported = counted.exported if counted is not None else 0
-        failed = counted.failed if counted is not None else 0
+        counts = self.span_export.counts() if self.span_export is not None else {}
+        exported = counts.get("spans_exported", 0)
+        failed = counts.get("spans_failed", 0)
+        dropped = counts.get("spans_dropped", 0)
         return {
             "enabled": self.span_export is not None,
-            "ok": None if self.span_export is None else failed == 0,
+            "ok": None if self.span_export is None else failed == dropped == 0,
             "spans_exported": exported,
             "spans_failed": failed,
+            "spans_dropped": dropped,
         }
 
     @property
@@ -187,7 +169,9 @@ class Flowtel:
         self._closed = True
         budget = self._budget(timeout_millis)
         deadline = time.monotonic() + budget
-        ok = self.processor.shutdown(int(budget * 1000))
+        if self.retention is not None:  # between two batches; a hung one is left behind
+            self.retention.stop(min(1.0, budget / 4))
+        ok = self.processor.shutdown(int(max(deadline - time.monotonic(), 0.0) * 1000))
         if self.metrics_processor is not None:
             self.metrics_processor.shutdown()  # queued spans into the instruments first
         calls: list[tuple[Callable[[], Any], str]] = []
@@ -229,7 +213,7 @@ def _check_schema_briefly(engine: Engine, wait: float = STARTUP_CHECK_S) -> None
     def check() -> None:
         try:
             report = check_schema(engine)
-            if report.blocking and not report.empty:  # no tables yet: the writer creates them
+            if not report.only_tables_missing:  # tables missing: the writer creates them
                 found.append(SchemaMismatchError(report))
         except Exception as exc:  # unreachable for now: the writer retries, then spools
             logger.debug("flowtel's start-up schema check failed: %s", type(exc).__name__)
@@ -276,6 +260,7 @@ def configure(
     log_level: int | str = "INFO",
     shutdown_timeout: float | None = None,
     history: str | None = None,
+    retention: str | RetentionPolicy | None = None,
     **processor_options: Any,
 ) -> Flowtel:
     """Record workflow history, and export traces and metrics, from this process.
@@ -321,6 +306,12 @@ def configure(
             database: every workflow span, sampled or not, and a start signal per run go to
             the OTLP collector, and ``flowtel ingest`` behind it writes the rows; see
             docs/ingest.md). Default: ``FLOWTEL_HISTORY``, else ``"database"``.
+        retention: a retention policy such as ``"completed=30d,failed=180d,cancelled=90d"``
+            applied to the history database in the background, a minute after start and then
+            at most once an hour, in batches of 500 runs (statuses not named are kept; runs in
+            progress never go; each pass is logged with the rows removed). Default:
+            ``FLOWTEL_RETENTION``, else off. Ignored in collector mode (``flowtel ingest
+            --retention`` prunes there).
         **processor_options: passed to :class:`WorkflowHistorySpanProcessor`, e.g.
             ``spool_dir`` (where rows wait while the database is unreachable; default
             ``FLOWTEL_SPOOL_DIR``, else beside the SQLite file or under the user's cache
@@ -339,6 +330,7 @@ def configure(
             ``flowtel db upgrade`` (a slower database: the writer logs it at ERROR).
         DatabaseURLError: the URL cannot be parsed or its driver is not installed.
         AlreadyConfiguredError: flowtel is configured already, with other arguments.
+        ValueError: *retention* (or ``FLOWTEL_RETENTION``) is not a policy flowtel can read.
     """
     arguments = dict(locals())
     with _configure_lock:
@@ -357,6 +349,17 @@ def configure(
         return handle
 
 
+def _retention_policy(value: str | RetentionPolicy | None) -> RetentionPolicy | None:
+    """*value* as a policy; ``None`` (the default) reads ``FLOWTEL_RETENTION``."""
+    if isinstance(value, RetentionPolicy):
+        return value
+    if value is None:
+        return policy_from_env()
+    if value.strip().lower() in ("", "off"):
+        return None
+    return RetentionPolicy.parse(value)
+
+
 def _configure(arguments: dict[str, Any]) -> Flowtel:
     database_url = arguments["database_url"]
     service_name, service_version = arguments["service_name"], arguments["service_version"]
@@ -369,6 +372,7 @@ def _configure(arguments: dict[str, Any]) -> Flowtel:
     logs, log_level = arguments["logs"], arguments["log_level"]
     shutdown_timeout = arguments["shutdown_timeout"]
     processor_options = dict(arguments["processor_options"])
+    retention = _retention_policy(arguments["retention"])
     mode = (arguments["history"] or os.environ.get("FLOWTEL_HISTORY") or "database").strip().lower()
     if mode not in ("database", "collector"):
         raise ValueError(f"history must be 'database' or 'collector', not {mode!r}")
@@ -376,11 +380,14 @@ def _configure(arguments: dict[str, Any]) -> Flowtel:
         if database_url is not None or processor_options:
             ignored = ["database_url"] * (database_url is not None) + sorted(processor_options)
             logger.warning("flowtel: history='collector' writes no rows here; ignored: %s", ignored)
+        if retention is not None:
+            logger.warning("flowtel: history='collector': retention is flowtel ingest's to apply")
         return _configure_collector_mode(
             service_name, service_version, resource_attributes, tracer_provider, sampler,
             OTLPSettings(otlp_protocol, otlp_endpoint, otlp_headers, otlp_timeout),
             metrics, meter_provider, metrics_interval, logs, log_level, shutdown_timeout,
         )  # fmt: skip
+    WorkflowHistorySpanProcessor.check_settings(processor_options)  # before any connection
     url = resolve_database_url(database_url)
     engine = make_engine(url)
     if processor_options.get("create_tables", True):
@@ -422,11 +429,11 @@ def _configure(arguments: dict[str, Any]) -> Flowtel:
             export,
             interval,
         )
-    span_export = span_exporter = counted = None
+    span_export = span_exporter = None
     if export:
         span_exporter = settings.span_exporter()
-        counted = _CountingExporter(span_exporter)
-        span_export = BatchSpanProcessor(counted)
+        sent = span_exporter if export_step_io_from_env() else WithoutStepIO(span_exporter)
+        span_export = CountedSpanExport(sent)
         tracer_provider.add_span_processor(span_export)
     handle = Flowtel(
         engine,
@@ -438,8 +445,8 @@ def _configure(arguments: dict[str, Any]) -> Flowtel:
         metrics_processor=metrics_processor,
         meter_provider=own_meters,
         shutdown_timeout=shutdown_timeout_from_env(shutdown_timeout),
+        retention=None if retention is None else RetentionRunner(engine, retention).start(),
     )
-    handle._counted = counted
     atexit.register(handle.shutdown)
     logger.debug("flowtel records workflow history to %s", display_url(url))
     return handle
@@ -464,7 +471,7 @@ def _configure_collector_mode(
     if logs is not False:
         configure_logging("auto" if logs is True else str(logs), log_level)
     span_exporter = settings.span_exporter()
-    span_export = BatchSpanProcessor(span_exporter)
+    span_export = CountedSpanExport(span_exporter)  # the history: what it loses is counted
     forwarder = HistoryForwarder(span_export)
     owns_provider = False
     if tracer_provider is None:

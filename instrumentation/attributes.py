@@ -15,6 +15,7 @@ __all__ = [
     "CONTEXT_PREFIX",
     "ERROR_TYPE",
     "FINAL_RUN_STATUSES",
+    "HISTORY_ONLY",
     "INSTRUMENTATION_NAME",
     "LOG_EVENT",
     "LOG_LOGGER",
@@ -30,11 +31,15 @@ __all__ = [
     "RUN_STEPS_COMPLETED",
     "RUN_TOTAL_STEPS",
     "RUN_WORKFLOW_ID",
+    "SIGNAL",
+    "SIGNAL_START",
     "STEP_ATTEMPT",
     "STEP_DESCRIPTION",
     "STEP_INDEX",
+    "STEP_INPUT",
     "STEP_MESSAGE",
     "STEP_NAME",
+    "STEP_OUTPUT",
     "STEP_STATUS",
     "RunStatus",
     "StepStatus",
@@ -72,6 +77,10 @@ STEP_ATTEMPT = "workflow.step.attempt"
 STEP_DESCRIPTION = "workflow.step.description"
 STEP_STATUS = "workflow.step.status"
 STEP_MESSAGE = "workflow.step.message"
+STEP_INPUT = "workflow.step.input"
+"""What the step was given, as redacted, bounded JSON text (only where the step opts in)."""
+STEP_OUTPUT = "workflow.step.output"
+"""What the step returned, as redacted, bounded JSON text (only where the step opts in)."""
 
 
 # --- log lines recorded on spans ------------------------------------------------------------
@@ -81,6 +90,19 @@ LOG_SEVERITY = "log.severity"
 """The log line's level in lower case: ``warning``, ``error``, ``critical``."""
 LOG_MESSAGE = "log.message"
 LOG_LOGGER = "log.logger"
+
+# --- collector mode: two attributes the worker adds for flowtel ingest ----------------------
+# A *start signal* is a zero-length copy of a workflow span taken when it starts (same trace and
+# span id, its start attributes, ``flowtel.signal = "start"``): ingest folds it as the span's
+# start, so the run row says ``running`` before the first step ends. A *history-only* copy
+# (``flowtel.history_only = true``) is a workflow span the worker's sampler did not sample, sent
+# anyway so that history is complete; the collector's trace pipeline drops both kinds, so a
+# tracing backend sees exactly what the sampler chose.
+SIGNAL = "flowtel.signal"
+"""On a start signal: what it signals (``SIGNAL_START``)."""
+SIGNAL_START = "start"
+HISTORY_ONLY = "flowtel.history_only"
+"""``true`` on a workflow span sent for the history only (not sampled for tracing)."""
 
 
 class RunStatus(enum.StrEnum):

@@ -6,36 +6,43 @@ loopback ports, waits for its health check, and after :meth:`Collector.stop` (a 
 shutdown that drains its pipelines) parses what its file exporter wrote. :func:`zipkin_base`
 finds the Zipkin server ``FLOWTEL_TEST_ZIPKIN_URL`` points at (``eval "$(bash .ci/zipkin.sh
 start)"``). :func:`run_child` runs flowtel in a fresh interpreter, since ``configure()``
-installs process-wide providers. A missing service fails under CI and skips locally.
+installs process-wide providers. :class:`Ingest` runs ``flowtel ingest`` (OTLP/HTTP, and
+OTLP/gRPC when given a port) and :class:`IngestCollector` the collector with a ``deploy/``
+configuration in front of it. Every process starts through :func:`tests.spawn.spawn`, so it is
+stopped whatever the test's outcome. A missing service fails under CI and skips locally.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import missing_service
+from tests.spawn import kill_group, spawn, stop
 
 __all__ = [
     "CONFIG",
     "OVERLAY",
     "ROOT",
     "Collector",
+    "Ingest",
+    "IngestCollector",
     "attributes",
     "collector_binary",
     "free_ports",
     "get_json",
+    "healthy",
     "run_child",
+    "wait_until",
     "zipkin_base",
 ]
 
@@ -134,9 +141,7 @@ class Collector:
     def start(self, timeout: float = 30.0) -> Collector:
         """Start the collector and wait until its health check answers 200."""
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.process = spawn(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -156,12 +161,7 @@ class Collector:
         if process is None or process.poll() is not None:
             return
         time.sleep(0.5)  # let the batch processors hand what they hold to the exporters first
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout)
 
     def otlp_env(self, protocol: str = "grpc") -> dict[str, str]:
         """The ``OTEL_EXPORTER_OTLP_*`` variables that point flowtel at this collector."""
@@ -224,3 +224,158 @@ def run_child(
             f"child exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll *predicate* until it is true; fail the test after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def healthy(url: str) -> bool:
+    """Whether GET *url* answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+class Ingest:
+    """``flowtel ingest`` in its own process (``python -m exporters.cli ingest``).
+
+    It serves OTLP/HTTP on *port* and, when *grpc_port* is given, OTLP/gRPC there too; it is
+    ready when its ``/health`` answers. Each start logs to ``ingest[-name]-N.log`` in *workdir*.
+    """
+
+    def __init__(
+        self,
+        db_url: str,
+        port: int,
+        workdir: Path,
+        *,
+        grpc_port: int | None = None,
+        name: str = "",
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.db_url, self.port, self.workdir = db_url, port, workdir
+        self.grpc_port, self.name, self.extra = grpc_port, name, tuple(extra)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.spool = workdir / (f"spool-{name}" if name else "spool")
+
+    @property
+    def log(self) -> Path:
+        """The log of the latest start."""
+        return self.workdir / f"ingest{'-' + self.name if self.name else ''}-{self.starts}.log"
+
+    def start(self, timeout: float = 30.0) -> Ingest:
+        self.starts += 1
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "FLOWTEL_SPOOL_DIR": str(self.spool)}
+        command = [sys.executable, "-m", "exporters.cli", "ingest", "--db", self.db_url,
+                   "--listen", f"127.0.0.1:{self.port}", "--commit-timeout", "5",
+                   *self.extra]  # fmt: skip
+        if self.grpc_port is not None:
+            command += ["--listen-grpc", f"127.0.0.1:{self.grpc_port}"]
+        with self.log.open("wb") as log:  # the child keeps its own descriptor
+            self.process = spawn(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = self.process
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"ingest exited {process.returncode}: {self.log.read_text()}")
+            return healthy(f"http://127.0.0.1:{self.port}/health")
+
+        wait_until(up, timeout, f"ingest on port {self.port}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None:
+            kill_group(self.process)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait (SIGKILL after 30 s); the exit status, None if never started."""
+        process, self.process = self.process, None
+        return None if process is None else stop(process, 30)
+
+
+class IngestCollector:
+    """The genuine collector running a ``deploy/`` configuration in front of ``flowtel ingest``.
+
+    *ingest_port* is the port of the one ingest deploy/collector-ingest.yaml sends to; for
+    deploy/collector-ingest-replicas.yaml it is None and *env* names the replicas
+    (``FLOWTEL_INGEST_REPLICAS``).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        ingest_port: int | None,
+        zipkin: str | None = None,
+        *,
+        config: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        grpc, http, health, own, dead = free_ports(5)
+        self.config = config or ROOT / "deploy" / "collector-ingest.yaml"
+        self.http_endpoint = f"http://127.0.0.1:{http}"
+        self.grpc_endpoint = f"http://127.0.0.1:{grpc}"
+        self.health_url = f"http://127.0.0.1:{health}/"
+        self.log = workdir / "collector.log"
+        self.env = {
+            **os.environ,
+            "FLOWTEL_OTLP_GRPC_PORT": str(grpc),
+            "FLOWTEL_OTLP_HTTP_PORT": str(http),
+            "FLOWTEL_HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{health}",
+            "FLOWTEL_COLLECTOR_METRICS_PORT": str(own),
+            "FLOWTEL_COLLECTOR_STORAGE_DIR": str(workdir / "collector-storage"),
+            "FLOWTEL_ZIPKIN_ENDPOINT": zipkin or f"http://127.0.0.1:{dead}/api/v2/spans",
+            **(env or {}),
+        }
+        if ingest_port is not None:
+            self.env["FLOWTEL_INGEST_ENDPOINT"] = f"http://127.0.0.1:{ingest_port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> IngestCollector:
+        binary = collector_binary()
+        with self.log.open("ab") as log:
+            self.process = spawn(
+                [binary, f"--config={self.config}"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        process = self.process
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the collector exited: {self.log.read_text()[-3000:]}")
+            return healthy(self.health_url)
+
+        wait_until(up, timeout, "the collector")
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (the collector drains what it can) and wait; SIGKILL after 30 s."""
+        process, self.process = self.process, None
+        if process is not None:
+            stop(process, 30)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (its persistent queue stays on disk)."""
+        process, self.process = self.process, None
+        if process is not None:
+            kill_group(process)
+
+    def worker_env(self, protocol: str = "http/protobuf") -> dict[str, str]:
+        endpoint = self.http_endpoint if protocol != "grpc" else self.grpc_endpoint
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }

@@ -72,4 +72,5 @@ def test_without_otlp_the_trace_export_is_reported_off(tmp_path: Path) -> None:
         "ok": None,
         "spans_exported": 0,
         "spans_failed": 0,
+        "spans_dropped": 0,
     }

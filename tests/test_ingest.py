@@ -27,7 +27,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from exporters import workflow_history, workflow_step_history
 from exporters.db.engine import make_engine
@@ -132,17 +132,17 @@ def kv(**values: Any) -> list[dict[str, Any]]:
     return out
 
 
-def test_sdk_spans_become_the_rows_the_in_process_processor_writes(
-    ingest: IngestServer, db_url: str, tmp_path: Path
-) -> None:
-    """flowtel's API on a plain provider: in-process rows == rows ingest wrote from OTLP."""
+def four_runs_in_process_and_through(
+    exporter: SpanExporter, db_url: str, tmp_path: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Four workflows (the third failing) recorded in process and sent through *exporter*;
+    asserts ingest's rows in *db_url* are the in-process ones and returns them."""
     direct_url = f"sqlite:///{tmp_path}/direct.db"
     direct = WorkflowHistorySpanProcessor(
         make_engine(direct_url), service_name="sdk-worker", spool=False
     )
     provider = TracerProvider(resource=Resource({"service.name": "sdk-worker"}))
     provider.add_span_processor(direct)
-    exporter = OTLPSpanExporter(endpoint=f"{ingest.url}/v1/traces")
     provider.add_span_processor(BatchSpanProcessor(exporter))
     for n in range(4):
         try:
@@ -168,6 +168,15 @@ def test_sdk_spans_become_the_rows_the_in_process_processor_writes(
     diffs = differences(got_runs, expected_runs)
     assert not diffs, "\n".join(map(repr, diffs))
     assert differences(got_steps, expected_steps) == []
+    return got_runs, got_steps
+
+
+def test_sdk_spans_become_the_rows_the_in_process_processor_writes(
+    ingest: IngestServer, db_url: str, tmp_path: Path
+) -> None:
+    """flowtel's API on a plain provider: in-process rows == rows ingest wrote from OTLP."""
+    exporter = OTLPSpanExporter(endpoint=f"{ingest.url}/v1/traces")
+    got_runs, got_steps = four_runs_in_process_and_through(exporter, db_url, tmp_path)
     failed = [r for r in got_runs if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["error_type"] == "TimeoutError"
     assert "hunter2" not in json.dumps([got_runs, got_steps], default=str)
@@ -317,15 +326,27 @@ def test_bad_requests_are_answered_and_never_stop_the_service(db_url: str, tmp_p
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
         assert post(server.url, b"{}", headers={"Authorization": "Bearer wrong"})[0] == 401
         assert post(server.url, b"{}", headers={"Authorization": TOKEN})[0] == 401
-        # still serving
-        assert post(server.url, b"{}", "application/json", auth)[0] == 200
+        # still serving: a real workflow span after the bad input reaches a writer and commits
+        run_id = str(uuid.uuid4())
+        span = {
+            "traceId": os.urandom(16).hex(),
+            "spanId": os.urandom(8).hex(),
+            "name": "after",
+            "startTimeUnixNano": "1700000000000000000",
+            "endTimeUnixNano": "1700000001000000000",
+            "attributes": kv(workflow__run_id=run_id, workflow__name="after"),
+        }
+        assert post(server.url, otlp_json("svc", [span]), "application/json", auth)[0] == 200
         request = urllib.request.Request(f"{server.url}/stats", headers=auth)
         with urllib.request.urlopen(request, timeout=5) as response:
             stats = json.loads(response.read())
         assert stats["requests"] == 1 and stats["committed_requests"] == 1
+        assert stats["processors"]["svc"]["runs_written"] >= 1
     finally:
         server.shutdown()
         sink.close()
+    (run,), _ = rows(db_url)
+    assert (run["run_id"], run["status"]) == (run_id, "completed")
 
 
 def test_overload_and_an_unavailable_database_ask_the_client_to_retry(tmp_path: Path) -> None:

@@ -4,19 +4,17 @@ The collector built from collector/manifest.yaml (``FLOWTEL_OTELCOL``) runs the 
 ``deploy/collector-ingest.yaml`` on free loopback ports; ``flowtel ingest`` runs as its own
 process (``python -m exporters.cli ingest``), killed and restarted at will; workers are child
 processes using ``configure(history="collector")``. Every run and step row must be exact: the
-runs each worker reports, their statuses, and three steps per completed run.
+runs each worker reports, their statuses, and three steps per completed run. Every process
+starts through ``tests.spawn`` and is stopped whatever the test's outcome (skip included).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +22,17 @@ import pytest
 import sqlalchemy as sa
 
 from exporters import workflow_history, workflow_step_history
-from tests.collector_support import ROOT, collector_binary, free_ports, get_json, zipkin_base
+from tests.collector_support import (
+    ROOT,
+    Ingest,
+    IngestCollector,
+    free_ports,
+    get_json,
+    wait_until,
+    zipkin_base,
+)
+from tests.spawn import spawn
 
-CONFIG = ROOT / "deploy" / "collector-ingest.yaml"
 STEPS = ("select_machine", "commission", "validate")
 
 WORKER = """
@@ -51,112 +57,6 @@ print(json.dumps({{"runs": report, "ok": ok}}))
 """
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-class Ingest:
-    """``flowtel ingest`` in its own process."""
-
-    def __init__(self, db_url: str, port: int, workdir: Path) -> None:
-        self.db_url, self.port, self.workdir = db_url, port, workdir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> Ingest:
-        self.starts += 1
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "FLOWTEL_SPOOL_DIR": str(self.workdir)}
-        with (self.workdir / f"ingest-{self.starts}.log").open("wb") as log:  # the child keeps it
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "exporters.cli", "ingest", "--db", self.db_url,
-                 "--listen", f"127.0.0.1:{self.port}", "--commit-timeout", "5"],
-                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        wait_until(lambda: healthy(f"http://127.0.0.1:{self.port}/health"), 30, "ingest")
-        return self
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> int | None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return None if process is None else process.returncode
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
-
-
-class IngestCollector:
-    """The genuine collector running deploy/collector-ingest.yaml."""
-
-    def __init__(self, workdir: Path, ingest_port: int, zipkin: str | None = None) -> None:
-        grpc, http, health, own = free_ports(4)
-        self.http_endpoint = f"http://127.0.0.1:{http}"
-        self.grpc_endpoint = f"http://127.0.0.1:{grpc}"
-        self.health_url = f"http://127.0.0.1:{health}/"
-        self.log = workdir / "collector.log"
-        (dead,) = free_ports(1)
-        self.env = {
-            **os.environ,
-            "FLOWTEL_OTLP_GRPC_PORT": str(grpc),
-            "FLOWTEL_OTLP_HTTP_PORT": str(http),
-            "FLOWTEL_HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{health}",
-            "FLOWTEL_COLLECTOR_METRICS_PORT": str(own),
-            "FLOWTEL_INGEST_ENDPOINT": f"http://127.0.0.1:{ingest_port}",
-            "FLOWTEL_COLLECTOR_STORAGE_DIR": str(workdir / "collector-storage"),
-            "FLOWTEL_ZIPKIN_ENDPOINT": zipkin or f"http://127.0.0.1:{dead}/api/v2/spans",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> IngestCollector:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [collector_binary(), f"--config={CONFIG}"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(lambda: healthy(self.health_url), 30, "the collector")
-        return self
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def worker_env(self, protocol: str = "http/protobuf") -> dict[str, str]:
-        endpoint = self.http_endpoint if protocol != "grpc" else self.grpc_endpoint
-        return {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        }
-
-
 def start_workers(
     collector: IngestCollector, count: int, runs: int, delay: float = 0.0, **env: str
 ) -> list[subprocess.Popen[str]]:
@@ -168,7 +68,7 @@ def start_workers(
         child_env["PYTHONPATH"] = str(ROOT)
         child_env.pop("FLOWTEL_DATABASE_URL", None)
         children.append(
-            subprocess.Popen(
+            spawn(
                 [sys.executable, "-c", code],
                 env=child_env,
                 cwd=ROOT,
@@ -223,8 +123,9 @@ def assert_exact(db_url: str, expected: dict[str, str], timeout: float = 60) -> 
     for step in steps:
         by_run.setdefault(step.run_id, []).append(step)
     for run_id, status in expected.items():
-        names = [s.step_name for s in sorted(by_run[run_id], key=lambda s: s.step_index)]
-        statuses = [s.status for s in sorted(by_run[run_id], key=lambda s: s.step_index)]
+        ordered = sorted(by_run[run_id], key=lambda s: s.step_index)  # rows land in any order
+        names = [s.step_name for s in ordered]
+        statuses = [s.status for s in ordered]
         row = runs[run_id]
         if status == "completed":
             assert names == list(STEPS) and statuses == ["completed"] * 3
@@ -232,7 +133,7 @@ def assert_exact(db_url: str, expected: dict[str, str], timeout: float = 60) -> 
         else:
             assert names == list(STEPS[:2]) and statuses == ["completed", "failed"]
             assert row.error_type == "TimeoutError"
-            failed = by_run[run_id][-1] if statuses[-1] == "failed" else None
+            failed = ordered[-1] if statuses[-1] == "failed" else None
             assert failed is None or failed.error_type == "TimeoutError"
         assert row.metadata["steps"] and row.service_name.startswith("worker-")
 

@@ -7,7 +7,8 @@ one way that matters: trace and span ids are hex strings, not base64; they are c
 before ``json_format`` parses the rest (lowerCamelCase keys, enums as integers, 64-bit
 integers as strings or numbers; unknown fields are ignored, as the specification requires). A
 ``Content-Encoding: gzip`` body is inflated first, bounded by the same size limit. Anything that
-does not decode raises :class:`BadRequest`.
+does not decode raises :class:`BadRequest`, JSON nested deeper than Python's recursion limit
+included.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def decode_request(
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
     if not isinstance(data, dict):
         raise BadRequest("an OTLP JSON request is an object")
     try:
@@ -87,7 +90,12 @@ def decode_request(
         json_format.ParseDict(data, request, ignore_unknown_fields=True)
     except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
         raise BadRequest(f"not an OTLP trace request: {exc}") from None
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
     return request
+
+
+_TOO_DEEP = "malformed JSON: nested too deep (an OTLP request is a few levels deep)"
 
 
 def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:

@@ -4,19 +4,22 @@ Built on the standard library's ``ThreadingHTTPServer``: one thread per connecti
 handler that blocks until its rows are committed, the collector's ``otlphttp`` exporter keeps
 few connections (one per queue consumer) and no dependency is added. Answers, as the OTLP/HTTP
 specification gives them: 200 with an empty ``ExportTraceServiceResponse`` (in the request's
-encoding) once the rows are committed, an empty request included; 400 for a body that does not
-decode or a content type OTLP does not define; 413 past ``max_body_bytes``; 429 (too many
-requests in flight) or 503 (rows not committed in time, or too much queued) with
-``Retry-After`` so the collector backs off and retries; 401 without the bearer token when one
-is set (compared in constant time). ``GET /health`` answers 200 while serving; ``GET /stats``
-(token required too) gives the counters. A bad request is answered and forgotten: no error stops the
-service. It binds to loopback by default and refuses any other address without a token.
+encoding) once every span is committed, an empty request included (spans kept out because
+their run belongs to another sender are listed in its ``partial_success``); 400 for a body that
+does not decode, a content type OTLP does not define, or a span the history refuses (the
+message names the attribute); 413 past ``max_body_bytes`` or for more spans than the writer's
+queue could ever take; 429 (too many requests in flight, or no room in the queue for the whole
+request now) or 503 (rows not committed in time) with ``Retry-After`` so the collector backs
+off and retries; 401 without the bearer token when one is set (compared in constant time). The
+listen backlog holds 1,024 connections, so a burst of clients waits to be answered 200 or 429
+instead of being reset. ``GET /health`` answers 200 while every history writer runs and 503
+naming the one that does not; ``GET /stats`` (token required too) gives the counters. A bad
+request is answered and forgotten: no error stops the service. It binds to loopback by default
+and refuses any other address without a token.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 import logging
 import threading
@@ -24,12 +27,14 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from exporters.access import is_loopback, token_matches
+from exporters.db.json import dumps_text
 from exporters.errors import FlowtelError
-from exporters.ingest.adapt import workflow_spans
 from exporters.ingest.decode import (
     JSON,
     BadRequest,
@@ -37,9 +42,9 @@ from exporters.ingest.decode import (
     decode_request,
     media_type,
 )
-from exporters.ingest.sink import IngestSink, Outcome
+from exporters.ingest.sink import Answer, IngestSink, Outcome
 
-__all__ = ["DEFAULT_LISTEN", "IngestServer", "InsecureListenError", "is_loopback", "parse_listen"]
+__all__ = ["DEFAULT_LISTEN", "IngestServer", "InsecureListenError", "parse_listen"]
 
 logger = logging.getLogger("flowtel.ingest")
 
@@ -59,19 +64,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def is_loopback(host: str) -> bool:
-    """Whether *host* is a loopback address (``localhost`` counts)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 1024  # the listen backlog (the standard library's is 5): see above
     ingest: IngestServer
 
 
@@ -109,7 +106,7 @@ class IngestServer:
         self.sink = sink
         self.max_body_bytes = max_body_bytes
         self.retry_after = retry_after
-        self._token = f"Bearer {token}".encode() if token else None
+        self._token = token or None
         self._slots = threading.BoundedSemaphore(max_in_flight)
         handler = type("_BoundHandler", (_Handler,), {"timeout": read_timeout})
         self._server = _Server((host, port), handler)
@@ -154,10 +151,9 @@ class IngestServer:
             self._thread.join(5)
 
     def authorized(self, header: str | None) -> bool:
-        """Whether *header* (``Authorization``) carries the token; constant time."""
-        if self._token is None:
-            return True
-        return hmac.compare_digest((header or "").encode("utf-8", "replace"), self._token)
+        """Whether *header* (``Authorization``) carries the token (see
+        :func:`exporters.access.token_matches`: ``Bearer`` in any case or Basic; constant time)."""
+        return self._token is None or token_matches(header, self._token)
 
     def acquire(self) -> bool:
         """Take a request slot without waiting."""
@@ -179,12 +175,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path in ("/", "/health"):
-            self._plain(HTTPStatus.OK, "ok")
+            problems = self.server.ingest.sink.problems()
+            if problems:
+                self._plain(HTTPStatus.SERVICE_UNAVAILABLE, "\n".join(problems))
+            else:
+                self._plain(HTTPStatus.OK, "ok")
         elif path == "/stats":  # counters: requests, spans, refusals, each writer's stats
             if not self.server.ingest.authorized(self.headers.get("Authorization")):
                 self._refuse(HTTPStatus.UNAUTHORIZED, "a bearer token is required", bearer=True)
                 return
-            body = json.dumps(self.server.ingest.sink.snapshot(), default=str).encode()
+            body = dumps_text(self.server.ingest.sink.snapshot()).encode()
             self._send(HTTPStatus.OK, body, JSON)
         else:
             self._plain(HTTPStatus.NOT_FOUND, "not found")
@@ -227,27 +227,35 @@ class _Handler(BaseHTTPRequestHandler):
             self._plain(HTTPStatus.BAD_REQUEST, str(exc))
             return
         try:
-            spans = list(workflow_spans(request))
-            received = sum(len(s.spans) for rs in request.resource_spans for s in rs.scope_spans)
-            outcome = ingest.sink.submit(spans, received)
+            answer = ingest.sink.export(request)
         except Exception:  # never stop the service: answer, log, go on
             logger.exception("flowtel ingest could not handle a request")
             self._retry(HTTPStatus.SERVICE_UNAVAILABLE, "internal error")
             return
+        outcome = answer.outcome
         if outcome is Outcome.COMMITTED:
-            self._success(content_type)
+            self._success(content_type, answer)
         elif outcome is Outcome.BUSY:
-            self._retry(HTTPStatus.SERVICE_UNAVAILABLE, "too much is queued; retry later")
+            self._retry(HTTPStatus.TOO_MANY_REQUESTS, answer.message)
+        elif outcome is Outcome.TOO_LARGE:
+            limit = ingest.sink.capacity
+            self._plain(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{answer.message} (at most {limit})")
+        elif outcome is Outcome.INVALID:
+            self._plain(HTTPStatus.BAD_REQUEST, answer.message)
         else:
-            self._retry(HTTPStatus.SERVICE_UNAVAILABLE, "the history database did not commit")
+            self._retry(HTTPStatus.SERVICE_UNAVAILABLE, answer.message)
 
     # -- answers ---------------------------------------------------------------------------
-    def _success(self, content_type: str | None) -> None:
+    def _success(self, content_type: str | None, answer: Answer) -> None:
+        response = ExportTraceServiceResponse()
+        if answer.rejected:
+            response.partial_success.rejected_spans = answer.rejected
+            response.partial_success.error_message = answer.message
         if media_type(content_type) == JSON:
-            self._send(HTTPStatus.OK, b"{}", JSON)
+            body = json.dumps(json_format.MessageToDict(response)).encode()
+            self._send(HTTPStatus.OK, body, JSON)
         else:
-            body = ExportTraceServiceResponse().SerializeToString()
-            self._send(HTTPStatus.OK, body, "application/x-protobuf")
+            self._send(HTTPStatus.OK, response.SerializeToString(), "application/x-protobuf")
 
     def _retry(self, status: HTTPStatus, message: str) -> None:
         retry = str(self.server.ingest.retry_after)

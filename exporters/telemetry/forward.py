@@ -1,9 +1,10 @@
-"""Collector mode on the worker: every workflow span reaches the collector, and runs say "started".
+"""Collector mode on the worker: every workflow span reaches the collector, runs say "started",
+and what the span export loses is counted.
 
 ``configure(history="collector")`` (or ``FLOWTEL_HISTORY=collector``) opens no database: history
 is written by ``flowtel ingest`` behind the collector. :class:`HistoryForwarder` stands where the
 history processor would and feeds the span export's ``BatchSpanProcessor`` two kinds of copies
-(see :mod:`.wire`):
+(named in :mod:`instrumentation.attributes`):
 
 * a **start signal** when a workflow (run) span starts: a zero-length copy with the same trace
   and span id, the start attributes and ``flowtel.signal = "start"``. It is queued at the run's
@@ -17,7 +18,13 @@ history processor would and feeds the span export's ``BatchSpanProcessor`` two k
 
 The collector's trace pipeline drops both kinds before the tracing backend, which thus sees
 exactly what the sampler chose; its history pipeline sends them all to ingest. Nothing is
-buffered here: ``force_flush``/``shutdown`` are the span export's.
+buffered here: ``force_flush``/``shutdown`` are the span export's. In this mode the span export
+*is* the history, so :attr:`HistoryForwarder.stats` reports the workflow spans it lost, as
+:class:`~exporters.telemetry.export.CountedSpanExport` counts them from the exporter's side:
+``events_dropped`` (evicted from its full queue, or ended after shutdown) and ``export_failed``
+(the collector, or ingest, did not take them). The forwarder also counts as a history processor
+for ``instrumentation.recording``, so a worker in collector mode is not told that nothing
+records its workflows.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
-from exporters.ingest.wire import HISTORY_ONLY, SIGNAL, SIGNAL_START
 from exporters.sdk_internals import span_attributes
+from exporters.telemetry.export import CountedSpanExport
 from instrumentation import attributes as attr
+from instrumentation.recording import history_processor_started, history_processor_stopped
 
 __all__ = ["HistoryForwarder"]
 
@@ -39,14 +47,16 @@ logger = logging.getLogger("flowtel.forward")
 
 
 class HistoryForwarder(SpanProcessor):
-    """Sends start signals and unsampled workflow spans through *export* (a span processor,
-    normally the OTLP ``BatchSpanProcessor``)."""
+    """Sends start signals and unsampled workflow spans through *export* (the OTLP span export,
+    which the tracer provider is also given, after this processor)."""
 
-    def __init__(self, export: SpanProcessor) -> None:
+    def __init__(self, export: CountedSpanExport) -> None:
         self.export = export
         self.signals_sent = 0
         self.history_only_sent = 0
         self.callback_errors = 0
+        self._stopped = False
+        history_processor_started()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Send the start signal of a workflow (run) span (never raises)."""
@@ -54,7 +64,7 @@ class HistoryForwarder(SpanProcessor):
             attributes = span_attributes(span)
             if attr.RUN_ID not in attributes or attr.STEP_NAME in attributes:
                 return
-            signal = _copy(span, {**attributes, SIGNAL: SIGNAL_START}, start_only=True)
+            signal = _copy(span, {**attributes, attr.SIGNAL: attr.SIGNAL_START}, start_only=True)
             self.export.on_end(signal)
             self.signals_sent += 1
         except Exception:
@@ -68,7 +78,7 @@ class HistoryForwarder(SpanProcessor):
             attributes = span_attributes(span)
             if attr.RUN_ID not in attributes:
                 return
-            self.export.on_end(_copy(span, {**attributes, HISTORY_ONLY: True}))
+            self.export.on_end(_copy(span, {**attributes, attr.HISTORY_ONLY: True}))
             self.history_only_sent += 1
         except Exception:
             self._failed()
@@ -85,15 +95,22 @@ class HistoryForwarder(SpanProcessor):
         return True
 
     def shutdown(self, timeout_millis: int = 30_000) -> bool:  # type: ignore[override]
-        """Nothing to stop."""
+        """Stop counting as a history processor (the span export is shut down on its own)."""
+        if not self._stopped:
+            self._stopped = True
+            history_processor_stopped()
         return True
 
     @property
     def stats(self) -> dict[str, int | str | None]:
-        """Counters, in the shape of the history processor's ``stats``."""
+        """Counters, in the shape of the history processor's ``stats``: ``queue_depth`` (spans
+        waiting in the export's queue), ``events_dropped`` and ``export_failed`` (workflow spans
+        lost at the queue or after shutdown, and in failed exports)."""
+        counts = self.export.counts()
         return {
-            "queue_depth": 0,
-            "events_dropped": 0,
+            "queue_depth": counts["spans_queued"],
+            "events_dropped": counts["workflow_spans_dropped"],
+            "export_failed": counts["workflow_spans_failed"],
             "callback_errors": self.callback_errors,
             "active_runs": 0,
             "signals_sent": self.signals_sent,
