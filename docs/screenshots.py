@@ -4,7 +4,8 @@ Run: ``eval "$(bash .ci/browser.sh)" && python docs/screenshots.py [--out docs/i
 records a demo history (``flowtel demo --runs 40``) into a temporary SQLite file, serves it with
 ``flowtel serve`` on a free loopback port, and saves the runs list (``serve-runs.png``), the
 first failed run (``serve-run.png``) and the stats page (``serve-stats.png``) as seen by
-headless Chromium (``FLOWTEL_CHROMEDRIVER``, ``FLOWTEL_CHROMIUM``).
+headless Chromium 1280 pixels wide, a laptop window (``FLOWTEL_CHROMEDRIVER``,
+``FLOWTEL_CHROMIUM``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main() -> None:
             if os.environ.get("FLOWTEL_CHROMIUM"):
                 options.binary_location = os.environ["FLOWTEL_CHROMIUM"]
             for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                             "--window-size=1360,900", "--hide-scrollbars"):  # fmt: skip
+                             "--window-size=1280,900", "--hide-scrollbars"):  # fmt: skip
                 options.add_argument(argument)
             driver_path = os.environ.get("FLOWTEL_CHROMEDRIVER", "/usr/bin/chromedriver")
             service = Service(executable_path=driver_path)
@@ -73,12 +74,12 @@ def main() -> None:
                 driver.find_element(By.CSS_SELECTOR, "tr.run.status-failed td a").click()
                 time.sleep(0.5)
                 height = driver.execute_script("return document.body.scrollHeight")
-                driver.set_window_size(1360, min(max(900, int(height) + 40), 2400))
+                driver.set_window_size(1280, min(max(900, int(height) + 40), 2400))
                 driver.save_screenshot(str(args.out / "serve-run.png"))
-                driver.set_window_size(1360, 900)
+                driver.set_window_size(1280, 900)
                 driver.get(base + "/stats")
                 height = driver.execute_script("return document.body.scrollHeight")
-                driver.set_window_size(1360, min(max(900, int(height) + 40), 2400))
+                driver.set_window_size(1280, min(max(900, int(height) + 40), 2400))
                 driver.save_screenshot(str(args.out / "serve-stats.png"))
             finally:
                 driver.quit()

@@ -15,13 +15,22 @@ the test then asserts on what was recorded::
         flowtel_history.assert_run("provision_server", status="failed",
                                    failed_step="verify_bios_settings")
 
+History is recorded whatever the application's sampler, as ``configure()`` records it: for
+the test's duration the provider's sampler (and that of every tracer it already made) is
+wrapped in :class:`~exporters.AuditSampler`, and put back afterwards; if that cannot be done,
+the fixture fails at set-up saying why. The test's runs go to its throwaway history only: the
+history processors the application installed (``configure()`` at import, say) receive no span
+while the fixture is active, so its real database gets no run from the test.
+
 Importing this module has no side effect; the provider is touched when the fixture runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +38,18 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler
 
 from exporters.db.engine import make_engine
 from exporters.history.processor import WorkflowHistorySpanProcessor
 from exporters.query.records import RunDetail, RunSummary
 from exporters.query.store import HistoryStore
+from exporters.telemetry.forward import HistoryForwarder
 from exporters.telemetry.provider import PrivateRandomIdGenerator, span_limits
+from exporters.telemetry.sampling import AuditSampler
+from instrumentation import __version__
+from instrumentation.attributes import INSTRUMENTATION_NAME, RUN_ID
 
 __all__ = ["FlowtelHistory", "flowtel_history"]
 
@@ -61,9 +74,81 @@ class _Switchboard(SpanProcessor):
         return all(target.force_flush(timeout_millis) for target in list(self.targets))
 
 
+class _EverySpan(SpanProcessor):
+    """Hands every ended span to an exporter, sampled or only recorded (RECORD_ONLY)."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self.exporter = exporter
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.exporter.export([span])
+
+
 _SWITCHBOARD = _Switchboard()
-_INSTALLED: set[int] = set()  # ids of the providers the switchboard was added to
+_INSTALLED: weakref.WeakSet[TracerProvider] = weakref.WeakSet()  # the switchboard is in these
 _LOCK = threading.Lock()
+_APP_HISTORY = (WorkflowHistorySpanProcessor, HistoryForwarder)  # muted during a test
+
+
+def _audit_sampling(provider: TracerProvider) -> Callable[[], None]:
+    """Wrap the sampler of *provider* and of its tracers in an AuditSampler; return the undo.
+
+    Tracers copy the provider's sampler when they are made (the SDK keeps them in
+    ``_tracers``), so those made before the test are switched too. Fails the test at set-up if
+    workflow spans would still be dropped.
+    """
+    original: Sampler = provider.sampler
+    if isinstance(original, AuditSampler):
+        return lambda: None
+    audit = AuditSampler(original)
+    holders: list[Any] = [provider, *getattr(provider, "_tracers", {}).values()]
+    for holder in holders:
+        if getattr(holder, "sampler", None) is original:
+            with contextlib.suppress(AttributeError):  # a read-only sampler: the probe says
+                holder.sampler = audit
+
+    def undo() -> None:
+        for holder in [provider, *getattr(provider, "_tracers", {}).values()]:
+            if getattr(holder, "sampler", None) is audit:
+                holder.sampler = original
+
+    tracer: Any = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+    probe = getattr(tracer, "sampler", provider.sampler).should_sample(
+        None, 1, "flowtel-probe", attributes={RUN_ID: "probe"}
+    )
+    if probe.decision is Decision.DROP:
+        undo()
+        pytest.fail(
+            "flowtel_history cannot record: the application's tracer provider drops workflow "
+            f"spans (sampler {original.get_description()}) and flowtel could not wrap it; build "
+            "the provider with sampler=exporters.AuditSampler(...), as configure() does",
+            pytrace=False,
+        )
+    return undo
+
+
+def _mute_app_history(provider: TracerProvider) -> Callable[[], None]:
+    """Take the application's own history processors off *provider*; return the undo.
+
+    They stay alive (their writers keep their state) but get no span until the undo puts them
+    back where they were, in front of any processor added meanwhile.
+    """
+    multi: Any = getattr(provider, "_active_span_processor", None)
+    current = getattr(multi, "_span_processors", None)
+    if not isinstance(current, tuple):
+        return lambda: None
+    muted = tuple(p for p in current if isinstance(p, _APP_HISTORY))
+    if not muted:
+        return lambda: None
+    with multi._lock:
+        multi._span_processors = tuple(p for p in current if p not in muted)
+
+    def undo() -> None:
+        with multi._lock:
+            added = tuple(p for p in multi._span_processors if p not in current)
+            multi._span_processors = current + added
+
+    return undo
 
 
 def _plugged_provider() -> TracerProvider:
@@ -77,9 +162,9 @@ def _plugged_provider() -> TracerProvider:
                 shutdown_on_exit=False,
             )
             trace.set_tracer_provider(provider)
-        if id(provider) not in _INSTALLED:
+        if provider not in _INSTALLED:
             provider.add_span_processor(_SWITCHBOARD)
-            _INSTALLED.add(id(provider))
+            _INSTALLED.add(provider)
         return provider
 
 
@@ -101,7 +186,8 @@ class FlowtelHistory:
         self.spans = InMemorySpanExporter()
         self.processor = WorkflowHistorySpanProcessor(make_engine(database_url), spool=False)
         self.store = HistoryStore(make_engine(database_url))
-        self._span_processor = SimpleSpanProcessor(self.spans)
+        self._span_processor = _EverySpan(self.spans)
+        self._undo: list[Callable[[], None]] = []
 
     def flush(self) -> None:
         """Write every queued row to the database (fails the test if that cannot be done)."""
@@ -163,12 +249,16 @@ class FlowtelHistory:
         )
 
     def _plug(self) -> None:
+        self._undo.append(_audit_sampling(self.tracer_provider))
+        self._undo.append(_mute_app_history(self.tracer_provider))
         _SWITCHBOARD.targets.extend([self.processor, self._span_processor])
 
     def _unplug(self) -> None:
         for target in (self.processor, self._span_processor):
             if target in _SWITCHBOARD.targets:
                 _SWITCHBOARD.targets.remove(target)
+        while self._undo:
+            self._undo.pop()()
         self.processor.shutdown(_FLUSH_TIMEOUT_MS)
         self._span_processor.shutdown()
         self.store.close()
@@ -208,8 +298,8 @@ def flowtel_history(tmp_path: Path) -> Iterator[FlowtelHistory]:
     """
     provider = _plugged_provider()
     history = FlowtelHistory(f"sqlite:///{tmp_path / 'flowtel-history.db'}", provider)
-    history._plug()
     try:
+        history._plug()
         yield history
     finally:
         history._unplug()

@@ -3,7 +3,7 @@
 :func:`seed_history` writes runs into a fresh history database (completed, failed with a stack
 trace and log lines, running, undated, and one whose every text field carries an XSS payload).
 :func:`serving` runs the real application on uvicorn on a free loopback port for the duration
-of a ``with`` block.
+of a ``with`` block. :func:`seed_wide_run` adds a run whose every text is long.
 """
 
 from __future__ import annotations
@@ -136,6 +136,35 @@ def seed_history(engine: Engine, completed: int = 6) -> list[str]:
             conn.execute(insert(workflow_step_history).values(row))
     dated = sorted((r for r in runs if r["started_at"]), key=lambda r: r["started_at"])
     return [r["run_id"] for r in reversed(dated)] + [UNDATED]
+
+
+WIDE = "b0000000-0000-4000-8000-000000000005"
+LONG_STEP = "wait_for_the_commissioning_of_the_server_to_finish_and_report_back_to_maas"
+LONG_ERROR_TYPE = "maas.client.errors.CommissioningTimeoutError"
+LONG_ERROR = (
+    "srv-0001 did not reach Ready: " + "the machine stayed in Commissioning, " * 20 + "x" * 300
+)
+
+
+def seed_wide_run(engine: Engine) -> str:
+    """A failed run whose every text is long (a 1,000-character error, half of it one word,
+    a 76-character step, a qualified error type), to check the pages fit a laptop window."""
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30)
+    run = run_row(
+        WIDE, status="failed", started_at=started, workflow_id="provision_" + "w" * 60,
+        steps_completed=1, current_step=LONG_STEP, error_type=LONG_ERROR_TYPE,
+        error_message=f"step '{LONG_STEP}' failed: CommissioningTimeoutError: {LONG_ERROR}",
+    )  # fmt: skip
+    steps = [
+        step_row(WIDE, 1, "allocate", started_at=started, completed_at=started),
+        step_row(WIDE, 2, LONG_STEP, status="failed", started_at=started, completed_at=started,
+                 error_type=LONG_ERROR_TYPE, error_message=LONG_ERROR),
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(insert(workflow_history).values(run))
+        for row in steps:
+            conn.execute(insert(workflow_step_history).values(row))
+    return WIDE
 
 
 @contextmanager

@@ -94,6 +94,8 @@ def test_api_only_install_imports_instrumentation_without_the_sdk(tmp_path: Path
     done = _run(python, "-I", "-c", script, cwd=tmp_path)
     facts = json.loads(done.stdout)
     assert "no history processor is installed" in done.stderr  # nothing records: it says so
+    assert "only the flowtel-api distribution" in done.stderr  # and what to install first
+    assert "install the full flowtel distribution" in done.stderr
     version = _project(ROOT / "api" / "pyproject.toml")["version"]
     assert facts["version"] == version
     assert facts["file"].startswith(str(venv))

@@ -27,11 +27,17 @@ from tests.serve_support import (
     CHROMIUM_ENV,
     HOSTILE,
     IMG,
+    LONG_ERROR,
+    LONG_ERROR_TYPE,
+    LONG_STEP,
     SCRIPT,
+    WIDE,
     chrome,
     seed_history,
+    seed_wide_run,
     serving,
 )
+from tests.spawn import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def flowtel(*args: str, **options: Any) -> subprocess.Popen[str]:
     """``flowtel ARGS`` from this checkout, in another process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "exporters.cli", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options,
     )  # fmt: skip
@@ -62,6 +68,7 @@ def history_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     assert demo.returncode == 0, err
     engine = make_engine(url)
     seed_history(engine, completed=0)
+    seed_wide_run(engine)
     engine.dispose()
     return url
 
@@ -77,6 +84,15 @@ def base_url(history_url: str) -> Iterator[str]:
 @pytest.fixture
 def browser(driver_path: str) -> Iterator[Any]:
     driver = chrome(driver_path, os.environ.get(CHROMIUM_ENV))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def laptop(driver_path: str) -> Iterator[Any]:
+    """Chromium with a 1280-pixel-wide window."""
+    driver = chrome(driver_path, os.environ.get(CHROMIUM_ENV), width=1280)
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
@@ -201,3 +217,85 @@ def test_xss_payloads_show_as_text_and_open_no_dialog(browser: Any, base_url: st
         assert shown in body, shown
     assert not browser.find_elements(By.CSS_SELECTOR, "main img, main script")
     assert browser.execute_script("return document.scripts.length") == 1
+
+
+def test_runs_page_with_long_errors_fits_a_1280_pixel_window(laptop: Any, base_url: str) -> None:
+    """At 1280 px the runs list, with a 1,000-character error and long ids and steps, needs
+    no sideways scrolling; the error cell is shortened and carries the whole text on hover."""
+    from selenium.webdriver.common.by import By
+
+    laptop.get(base_url + "/")
+    assert laptop.execute_script("return window.innerWidth") <= 1280
+    width, window = laptop.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert width <= window, (width, window)
+    cell = laptop.find_element(By.CSS_SELECTOR, f"tr[data-run-id='{WIDE}'] td.run-error")
+    assert LONG_ERROR in cell.get_attribute("title")
+    assert len(cell.text) < len(LONG_ERROR)
+
+
+def test_runs_page_never_cuts_a_workflow_name_workflow_id_or_step(
+    laptop: Any, base_url: str
+) -> None:
+    """At 1280 px every identifier cell of the runs list shows its whole value (it wraps)."""
+    from selenium.webdriver.common.by import By
+
+    laptop.get(base_url + "/")
+    cells = laptop.find_elements(By.CSS_SELECTOR, "table.runs td.ident")
+    assert cells
+    for cell in cells:
+        whole = cell.get_attribute("title") or ""
+        shown = cell.text.replace("\n", "")
+        cut = laptop.execute_script(
+            "return arguments[0].scrollWidth > arguments[0].clientWidth", cell
+        )
+        assert shown == whole and not cut, (whole, shown)
+
+
+def test_run_page_with_a_long_error_fits_and_shows_it_whole(laptop: Any, base_url: str) -> None:
+    """At 1280 px the run page needs no sideways scrolling and shows the whole error."""
+    from selenium.webdriver.common.by import By
+
+    laptop.get(f"{base_url}/runs/{WIDE}")
+    width, window = laptop.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert width <= window, (width, window)
+    assert LONG_ERROR in laptop.find_element(By.ID, "failure-error").text
+
+
+def test_stats_page_shows_every_step_label_whole(laptop: Any, base_url: str) -> None:
+    """On the stats page at 1280 px, every chart label (a 76-character step name among them)
+    is shown whole: its text is the full label and nothing of it is cut off."""
+    from selenium.webdriver.common.by import By
+
+    laptop.get(base_url + "/stats?since=30d")
+    labels = laptop.find_elements(By.CSS_SELECTOR, ".hchart .label")
+    assert labels
+    texts = [label.text for label in labels]
+    assert any(LONG_STEP in text for text in texts), texts
+    clipped = laptop.execute_script(
+        "return Array.from(document.querySelectorAll('.hchart .label'))"
+        ".filter(e => e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight)"
+        ".map(e => e.textContent)"
+    )
+    assert clipped == []
+    width, window = laptop.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert width <= window, (width, window)
+
+
+def test_error_types_show_short_with_the_full_type_on_hover(laptop: Any, base_url: str) -> None:
+    """The stats and run pages show the error's class as the CLI does; the qualified type is
+    its title."""
+    from selenium.webdriver.common.by import By
+
+    short = LONG_ERROR_TYPE.rsplit(".", 1)[-1]
+    for path in (f"/runs/{WIDE}", "/stats?since=30d"):
+        laptop.get(base_url + path)
+        shown = laptop.find_elements(By.CSS_SELECTOR, f"[title='{LONG_ERROR_TYPE}']")
+        assert shown, path
+        assert all(element.text == short for element in shown), path
+        assert LONG_ERROR_TYPE not in laptop.find_element(By.TAG_NAME, "main").text, path

@@ -98,3 +98,23 @@ def test_a_workflow_after_shutdown_warns() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("no history processor is installed") == 1, done.stderr
     assert "'second'" in done.stderr
+
+
+def test_a_worker_in_collector_mode_does_not_warn() -> None:
+    """configure(history="collector") records history through ingest: nothing to warn about."""
+    done = _run(
+        """
+        from exporters import configure
+        from instrumentation import workflow_run
+
+        handle = configure(
+            history="collector", otlp_endpoint="http://127.0.0.1:9", otlp_timeout=0.2,
+            otlp_protocol="http/protobuf", metrics=False, logs=False,
+        )
+        with workflow_run("provision_server"):
+            pass
+        handle.shutdown(5_000)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no history processor" not in done.stderr

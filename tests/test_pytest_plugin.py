@@ -141,3 +141,112 @@ def test_the_entry_point_names_the_plugin() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     target = project["project"]["entry-points"]["pytest11"]["flowtel"]
     assert callable(importlib.import_module(target).flowtel_history)
+
+
+def test_runs_are_recorded_under_the_applications_zero_percent_sampler(
+    user_suite: pytest.Pytester,
+) -> None:
+    """With the app's provider on TraceIdRatioBased(0.0) every run is recorded, spans too,
+    and the app's sampler is back in place after the test."""
+    user_suite.makeconftest(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+        trace.set_tracer_provider(TracerProvider(sampler=TraceIdRatioBased(0.0)))
+        """
+    )
+    user_suite.makepyfile(
+        test_user="""
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+        from instrumentation import workflow_run
+        from provisioning import provision
+
+        def test_recorded_whatever_the_sampler(flowtel_history):
+            with workflow_run("warm_up"):  # a tracer the app made before the fixture ran
+                pass
+            provision("srv-6")
+            flowtel_history.assert_run("provision_server", status="completed")
+            flowtel_history.assert_run("warm_up", status="completed")
+            assert len(flowtel_history.finished_spans()) == 4
+
+        def test_the_apps_sampler_is_restored_afterwards():
+            assert isinstance(trace.get_tracer_provider().sampler, TraceIdRatioBased)
+        """
+    )
+    result = run(user_suite)
+    result.assert_outcomes(passed=2)
+
+
+def test_a_test_never_writes_into_the_database_the_app_configured_at_import(
+    user_suite: pytest.Pytester, tmp_path: Path
+) -> None:
+    """The app calls configure() at import on its own database: the fixture's runs land only
+    in the throwaway history, none in the app's, and the app's processor is back afterwards."""
+    real = tmp_path / "real-history.db"
+    user_suite.makeconftest(
+        f"""
+        import exporters
+
+        APP = exporters.configure(database_url="sqlite:///{real}", otlp=False, metrics=False,
+                                  logs=False)
+        """
+    )
+    user_suite.makepyfile(
+        test_user=f"""
+        import sqlalchemy as sa
+        from conftest import APP
+        from provisioning import provision
+
+        def test_recorded_in_the_throwaway_history_only(flowtel_history):
+            provision("srv-7")
+            flowtel_history.assert_run("provision_server", status="completed")
+            assert flowtel_history.database_url != "sqlite:///{real}"
+
+        def test_the_real_history_holds_no_run_of_the_test():
+            assert APP.force_flush(10_000)
+            engine = sa.create_engine("sqlite:///{real}")
+            with engine.connect() as conn:
+                count = conn.execute(sa.text("select count(*) from workflow_history")).scalar()
+            engine.dispose()
+            assert count == 0
+        """
+    )
+    result = run(user_suite)
+    result.assert_outcomes(passed=2)
+
+
+def test_a_sampler_that_cannot_be_wrapped_fails_at_set_up_saying_why(
+    user_suite: pytest.Pytester,
+) -> None:
+    """A provider whose sampler cannot be replaced and drops everything: the fixture errors at
+    set-up naming the sampler and AuditSampler, instead of a test that finds no run."""
+    user_suite.makeconftest(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+        class Stubborn(TracerProvider):
+            @property
+            def sampler(self):
+                return TraceIdRatioBased(0.0)
+
+            @sampler.setter
+            def sampler(self, value):
+                pass
+
+        trace.set_tracer_provider(Stubborn())
+        """
+    )
+    user_suite.makepyfile(
+        test_user="""
+        def test_never_reached(flowtel_history):
+            raise AssertionError("the fixture should have refused")
+        """
+    )
+    result = run(user_suite)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*flowtel_history cannot record*TraceIdRatioBased*AuditSampler*"])

@@ -20,6 +20,7 @@ from exporters.cli import main
 from exporters.db.engine import make_engine
 from exporters.db.schema import create_schema
 from exporters.query.store import HistoryStore
+from tests.spawn import spawn
 
 from .test_cli import ROOT, UNREACHABLE, invoke
 from .test_queries import T0, add, run_row
@@ -119,7 +120,7 @@ def test_tail_unreachable_database_exits_3_without_the_password() -> None:
 def test_ctrl_c_ends_the_live_view_with_status_0(engine: Engine) -> None:
     """SIGINT while refreshing: exit status 0, no traceback, frames printed until then."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen(
+    child = spawn(
         [sys.executable, "-m", "exporters.cli", "tail", "--interval", "0.1", "--db",
          str(engine.url)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,

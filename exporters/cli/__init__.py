@@ -1,12 +1,19 @@
-"""The ``flowtel`` command line: record the demo and read the history back.
+"""The ``flowtel`` command line: record, receive, read, serve and maintain the history.
 
 :data:`main` is the click group behind the ``flowtel`` console script (and
-``python -m exporters.cli``). Each command lives in its own module: ``demo`` in
-:mod:`exporters.cli.demo`, ``runs`` and ``show`` in :mod:`exporters.cli.history`, ``stats`` in
-:mod:`exporters.cli.stats`, ``tail`` in :mod:`exporters.cli.tail`. Database
-problems end with one line naming the database (password masked) and exit status 3; an unknown
-run ends with exit status 1; Ctrl-C with ``Interrupted.`` and exit status 130 (``tail``, a live
-view, ends with 0).
+``python -m exporters.cli``). Each command lives in its own module: ``demo`` (simulated
+provisioning runs) in :mod:`exporters.cli.demo`; ``runs`` (list) and ``show`` (one run) in
+:mod:`exporters.cli.history`; ``stats`` (per workflow over a window) in
+:mod:`exporters.cli.stats`; ``tail`` (running workflows, live) in :mod:`exporters.cli.tail`;
+``serve`` (web API and pages) in :mod:`exporters.cli.serve`; ``ingest`` (the OTLP receiver
+behind the collector) in :mod:`exporters.cli.ingest`; ``reap`` (mark dead runs
+``abandoned``) in :mod:`exporters.cli.reap`; ``db upgrade``/``current``/``check``/``prune`` in
+:mod:`exporters.cli.db`; ``spool status``/``replay`` in :mod:`exporters.cli.spool`. Shared
+options and error handling are in :mod:`._common`, terminal formatting in :mod:`._format`, exit
+statuses in :mod:`.exit_status`. Database problems end with one line naming the database
+(password masked) and exit status 3; an unknown run ends with exit status 1; Ctrl-C with
+``Interrupted.`` and exit status 130 (``tail``, a live view, ends with 0). May import every
+other package of :mod:`exporters` and :mod:`instrumentation`; nothing imports it.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import click
 
 from exporters.cli.db import db
 from exporters.cli.demo import demo
+from exporters.cli.diff import diff
 from exporters.cli.exit_status import ExitStatus
 from exporters.cli.history import runs, show
 from exporters.cli.ingest import ingest
+from exporters.cli.notify import notify
 from exporters.cli.reap import reap
 from exporters.cli.serve import serve
 from exporters.cli.spool import spool
@@ -49,7 +58,9 @@ def main() -> None:
 
 main.add_command(db)
 main.add_command(demo)
+main.add_command(diff)
 main.add_command(ingest)
+main.add_command(notify)
 main.add_command(reap)
 main.add_command(runs)
 main.add_command(serve)

@@ -24,8 +24,15 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporters.cli.exit_status import ExitStatus
+from exporters.db.check import SchemaReport, check_schema
 from exporters.db.driver_errors import describe
-from exporters.db.engine import DatabaseURLError, display_url, make_engine, resolve_database_url
+from exporters.db.engine import (
+    DatabaseURLError,
+    display_url,
+    make_engine,
+    make_read_engine,
+    resolve_database_url,
+)
 from exporters.db.json import dumps_text
 from exporters.db.schema import workflow_history, workflow_step_history
 from exporters.errors import DatabaseFileError
@@ -41,6 +48,7 @@ __all__ = [
     "Duration",
     "Utf8Text",
     "When",
+    "check_before_writing",
     "database_errors",
     "db_option",
     "echo_json",
@@ -129,13 +137,53 @@ def _unreadable(engine: Engine) -> str | None:
     return None
 
 
+def check_before_writing(url: URL, *, empty_ok: bool = False) -> SchemaReport:
+    """Check the schema on a read-only connection before a command writes to *url*.
+
+    The writable engine switches a SQLite file to WAL on its first connection, so a command
+    that writes looks first, read-only, and leaves a database it refuses exactly as it was
+    (a SQLite file byte-identical, no ``-wal`` or ``-shm`` beside it).
+
+    Args:
+        url: the history database.
+        empty_ok: return the report of a database without flowtel's tables instead of refusing.
+
+    Raises:
+        DatabaseUnavailable: no flowtel tables (unless *empty_ok*), or tables this flowtel
+            cannot write to; one line naming ``flowtel db upgrade --db URL`` (status 3).
+    """
+    shown = display_url(url)
+    engine = make_read_engine(url)
+    try:
+        report = check_schema(engine)
+    finally:
+        engine.dispose()
+    if report.empty and empty_ok:
+        return report
+    if report.empty:
+        reason = "it has no flowtel history tables"
+    elif report.blocking:
+        first, more = report.blocking[0], len(report.blocking) - 1
+        reason = (
+            "its tables have not been upgraded to this version of flowtel "
+            f"({first}{f', and {more} more' if more else ''})"
+        )
+    else:
+        return report
+    raise DatabaseUnavailable(
+        f"refusing to write to the history database {shown}: {reason}; nothing was changed; "
+        f"run: flowtel db upgrade --db {shown}"
+    )
+
+
 @contextmanager
 def history_store(db: str | None, *, writable: bool = False) -> Iterator[HistoryStore]:
     """Open the store for a command; the database is opened read-only unless *writable*.
 
     A missing SQLite file (never created), a database without flowtel's tables and tables not
     upgraded yet each exit with status 3 and one line naming the fix (``flowtel db upgrade``);
-    so do database errors inside the block.
+    so do database errors inside the block. A *writable* store is opened only after
+    :func:`check_before_writing` found the schema usable, so a refused database is untouched.
     """
     with database_errors(db):
         url = resolve_database_url(db)
@@ -145,6 +193,8 @@ def history_store(db: str | None, *, writable: bool = False) -> Iterator[History
                 f"cannot read the history database {shown}: the file does not exist; "
                 f"record some runs, or create it with: flowtel db upgrade --db {shown}"
             )
+        if writable:
+            check_before_writing(url)
         store = HistoryStore(make_engine(url)) if writable else HistoryStore.from_url(url)
         try:
             reason = _unreadable(store.engine)

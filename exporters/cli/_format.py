@@ -18,7 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from instrumentation import RunStatus
+from instrumentation import RunStatus, StepStatus
 
 __all__ = [
     "KEY_COLUMN",
@@ -40,15 +40,15 @@ __all__ = [
     "waterfall_bar",
 ]
 
-STATUS_STYLES = {
-    "completed": "green",
-    "failed": "bold red",
-    "running": "yellow",
-    "retrying": "yellow",
-    "pending": "dim",
-    "skipped": "dim",
-    "cancelled": "magenta",
-    "abandoned": "red",
+STATUS_STYLES: dict[str, str] = {
+    RunStatus.COMPLETED: "green",
+    RunStatus.FAILED: "bold red",
+    RunStatus.RUNNING: "yellow",
+    StepStatus.RETRYING: "yellow",
+    RunStatus.PENDING: "dim",
+    StepStatus.SKIPPED: "dim",
+    RunStatus.CANCELLED: "magenta",
+    RunStatus.ABANDONED: "red",
 }
 """Console style of each run and step status."""
 
@@ -117,16 +117,26 @@ def run_duration_ms(
     return max(0.0, (now - started_at).total_seconds() * 1000), True
 
 
-def fmt_started(values: Sequence[dt.datetime | None], *, with_date: bool) -> list[str]:
+def fmt_started(
+    values: Sequence[dt.datetime | None], *, with_date: bool, today: dt.date | None = None
+) -> list[str]:
     """Start times in UTC for a table column: always the time of day.
 
-    With *with_date* each carries its full date (``2026-11-01 12:00:03``); without it, the time
-    of day alone (``12:00:03``) when all of them fall on one day, else ``11-01 12:00:03``.
+    With *with_date* each carries its full date (``2026-11-01 12:00:03``). Without it, a start
+    on *today* (UTC; default the current day) is its time of day alone (``12:00:03``) and any
+    other carries its month and day (``11-01 12:00:03``), so no date is ever guessed.
     """
-    utc = [v.astimezone(dt.UTC) if v is not None else None for v in values]
-    days = {v.date() for v in utc if v is not None}
-    form = "%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S" if len(days) <= 1 else "%m-%d %H:%M:%S"
-    return [v.strftime(form) if v is not None else "" for v in utc]
+    today = today or dt.datetime.now(dt.UTC).date()
+    out = []
+    for value in values:
+        if value is None:
+            out.append("")
+            continue
+        utc = value.astimezone(dt.UTC)
+        day = "%Y-%m-%d " if with_date else "" if utc.date() == today else "%m-%d "
+        form = day + "%H:%M:%S"
+        out.append(utc.strftime(form))
+    return out
 
 
 def truncate(value: str | None, width: int) -> str:
@@ -199,7 +209,7 @@ def waterfall_bar(
     first = min(width - 1, max(0, round(start_ms * scale)))
     style = STATUS_STYLES.get(status, "")
     bar = Text(" " * first)
-    if status == "skipped":
+    if status == StepStatus.SKIPPED:
         bar.append("○", style="dim")
     elif end_ms is None:
         bar.append("█" * max(0, width - 1 - first) + "▶", style=style)

@@ -10,6 +10,7 @@ file. Database errors exit with status 3 and a one-line message with the passwor
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shlex
 from collections.abc import Callable, Iterator
@@ -27,17 +28,29 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
 
-from exporters.cli._common import Duration, database_errors, db_option, echo_json, make_console
+from exporters.cli._common import (
+    Duration,
+    check_before_writing,
+    database_errors,
+    db_option,
+    echo_json,
+    make_console,
+)
 from exporters.db import migrations
 from exporters.db.check import SchemaDifference, SchemaReport, check_schema
 from exporters.db.engine import display_url, make_engine, make_read_engine, resolve_database_url
 from exporters.db.schema import metadata
-from exporters.ops.retention import prune
+from exporters.ops.policy import RetentionPolicy, apply_policy
+from exporters.ops.retention import ACTIVE_STATUSES, prune
+from exporters.ops.size import HistorySize, history_size
 from instrumentation import RunStatus
+from instrumentation.attributes import ACTIVE_RUN_STATUSES
 
 __all__ = ["db", "prune_progress"]
 
+_FINISHED = tuple(s.value for s in RunStatus if s.value not in ACTIVE_STATUSES)
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
@@ -156,13 +169,28 @@ def check(db: str | None, as_json: bool) -> None:
         raise SystemExit(1)
 
 
+def _keep_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> RetentionPolicy | None:
+    try:
+        return None if value is None else RetentionPolicy.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @db.command(name="prune")
 @db_option
 @click.option(
     "--older-than",
-    required=True,
     type=Duration(),
     help="Minimum age of a run: a duration such as 90d, 12w or 36h.",
+)
+@click.option(
+    "--keep",
+    metavar="STATUS=AGE,...",
+    callback=_keep_option,
+    help="A retention policy instead of --older-than: completed=30d,failed=180d,cancelled=90d "
+    "(statuses not named are kept; running and pending runs never go).",
 )
 @click.option(
     "--status",
@@ -174,7 +202,8 @@ def check(db: str | None, as_json: bool) -> None:
 @_json_option
 def prune_command(
     db: str | None,
-    older_than: dt.timedelta,
+    older_than: dt.timedelta | None,
+    keep: RetentionPolicy | None,
     status: str | None,
     batch_size: int,
     dry_run: bool,
@@ -182,22 +211,32 @@ def prune_command(
 ) -> None:
     """Delete runs that started before now minus --older-than, with their steps.
 
-    Deletes in batches of --batch-size runs, one transaction each, with a progress bar on a
-    terminal. Running and pending runs are never deleted. Afterwards it says how to give the
-    freed space back to the disk (SQLite: VACUUM).
+    With --keep, deletes each named status's runs older than its age instead. Deletes in
+    batches of --batch-size runs, one transaction each, with a progress bar on a terminal.
+    Running and pending runs are never deleted. Afterwards it says how to give the freed space
+    back to the disk (SQLite: VACUUM).
     """
-    if status in ("running", "pending"):
+    if (older_than is None) == (keep is None):
+        raise click.UsageError("give either --older-than AGE or --keep STATUS=AGE,...")
+    if keep is not None and status is not None:
+        raise click.UsageError("--status goes with --older-than; --keep names its statuses")
+    if status in ACTIVE_RUN_STATUSES:
         raise click.BadParameter("running and pending runs are never pruned", param_hint="--status")
     shown = _missing_file(db)
     if shown is not None:
         click.echo(f"Nothing to prune: there is no database at {shown}.")
         return
     with database_errors(db):
-        engine = make_engine(db)
+        url = resolve_database_url(db)
+        if check_before_writing(url, empty_ok=True).empty:  # looks read-only first
+            click.echo(f"Nothing to prune: {display_url(url)} has no history tables.")
+            return
+        engine = make_engine(url)
         try:
-            if not inspect(engine).has_table("workflow_history"):
-                click.echo(f"Nothing to prune: {display_url(engine.url)} has no history tables.")
+            if keep is not None:
+                _prune_by_policy(engine, keep, batch_size, dry_run, as_json)
                 return
+            assert older_than is not None
             if dry_run or not _stderr_is_terminal():
                 result = prune(engine, older_than, status, batch_size, dry_run=dry_run)
             else:
@@ -227,6 +266,38 @@ def prune_command(
     )
     if result.runs_deleted and not result.dry_run:
         click.echo(_reclaim_hint(backend, database))
+
+
+def _prune_by_policy(
+    engine: Engine, policy: RetentionPolicy, batch_size: int, dry_run: bool, as_json: bool
+) -> None:
+    if dry_run or not _stderr_is_terminal():
+        result = apply_policy(engine, policy, batch_size=batch_size, dry_run=dry_run)
+    else:
+        total = apply_policy(engine, policy, dry_run=True).runs_deleted
+        with prune_progress(total) as advance:
+            result = apply_policy(
+                engine, policy, batch_size=batch_size, progress=lambda runs, _s: advance(runs)
+            )
+    if as_json:
+        echo_json(result.to_json())
+        return
+    verb = "Would delete" if dry_run else "Deleted"
+    for one in result.results:
+        cutoff = one.cutoff.strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(
+            f"{verb} {one.runs_deleted} {one.status} runs and {one.steps_deleted} steps "
+            f"that started before {cutoff}."
+        )
+    kept = ", ".join(s for s in _FINISHED if s not in dict(policy.keep))
+    click.echo(
+        f"{verb} {result.runs_deleted} runs and {result.steps_deleted} steps in all"
+        + ("" if dry_run else f" ({result.batches} batches)")
+        + (f"; {kept} runs are kept" if kept else "")
+        + "; running and pending runs are never deleted."
+    )
+    if result.runs_deleted and not dry_run:
+        click.echo(_reclaim_hint(engine.url.get_backend_name(), engine.url.database))
 
 
 def _reclaim_hint(backend: str, database: str | None) -> str:
@@ -273,3 +344,57 @@ def prune_progress(
             bar.update(task, completed=done)
 
         yield advance
+
+
+@db.command(name="size")
+@db_option
+@_json_option
+def size_command(db: str | None, as_json: bool) -> None:
+    """Print rows and bytes per history table and per status (what the history costs).
+
+    Bytes are the database's own figure per table, indexes included; per status they are that
+    figure shared out by each row's stored payload (see docs/operations.md). Reads every row's
+    payload length: seconds per million runs.
+    """
+    shown = _missing_file(db)
+    if shown is not None:
+        click.echo(f"There is no database at {shown}.")
+        return
+    with database_errors(db):
+        engine = make_read_engine(db)
+        try:
+            if not inspect(engine).has_table("workflow_history"):
+                click.echo(f"{display_url(engine.url)} has no history tables.")
+                return
+            report = history_size(engine)
+            report = dataclasses.replace(report, database=display_url(resolve_database_url(db)))
+        finally:
+            engine.dispose()
+    if as_json:
+        echo_json(report.to_json())
+        return
+    click.echo(_size_text(report))
+
+
+def _size_text(report: HistorySize) -> str:
+    lines = [f"{report.database}: {_bytes(report.bytes)} in all"]
+    width = max(len(s.status) for t in report.tables for s in t.statuses) if report.tables else 0
+    width = max(width, len("workflow_step_history"))
+    for table in report.tables:
+        lines.append(f"{table.table:<{width + 2}} {table.rows:>12,} rows {_bytes(table.bytes):>10}")
+        for status in table.statuses:
+            per_row = f"{status.bytes / status.rows:,.0f} B/row" if status.rows else ""
+            lines.append(
+                f"  {status.status:<{width}} {status.rows:>12,} rows {_bytes(status.bytes):>10}"
+                f"  {per_row}"
+            )
+    return "\n".join(lines)
+
+
+def _bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} TiB"

@@ -25,6 +25,7 @@ from exporters.cli._format import fmt_duration
 from exporters.cli.demo_workflow import STEPS, WORKFLOW_NAME, DemoSummary, RunOutcome, run_demo
 from exporters.configure import Flowtel, configure
 from exporters.db.engine import display_url, make_engine
+from instrumentation.attributes import RunStatus
 from instrumentation.redaction import mask_url_credentials
 
 __all__ = ["db_argument", "demo", "duration_notice"]
@@ -53,7 +54,7 @@ def _progress(runs: int) -> Iterator[Callable[[RunOutcome], None]]:
 
             def advance(outcome: RunOutcome) -> None:
                 nonlocal failed
-                failed += outcome.status != "completed"
+                failed += outcome.status != RunStatus.COMPLETED
                 label = outcome.workflow_id if outcome.index < runs else "done"
                 bar.update(task, advance=1, failed=failed, description=label)
 
@@ -63,7 +64,7 @@ def _progress(runs: int) -> Iterator[Callable[[RunOutcome], None]]:
 
     def report(outcome: RunOutcome) -> None:
         nonlocal failed
-        failed += outcome.status != "completed"
+        failed += outcome.status != RunStatus.COMPLETED
         if outcome.index % step == 0 or outcome.index == runs:
             click.echo(f"recorded {outcome.index}/{runs} runs ({failed} failed)", err=True)
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from opentelemetry.trace import TracerProvider
 
-from instrumentation import RunScope, StepRun, StepStatus, WorkflowRun, workflow_run
+from instrumentation import RunScope, RunStatus, StepRun, StepStatus, WorkflowRun, workflow_run
 
 __all__ = [
     "DEVICE_TYPES",
@@ -293,7 +293,7 @@ def run_demo(
             run_id=run.run_id if run is not None else "",
             workflow_id=plan.workflow_id,
             server_id=plan.server_id,
-            status=run.status.value if run is not None else "failed",
+            status=run.status.value if run is not None else RunStatus.FAILED.value,
             failed_step=run.failed_step if run is not None else None,
             error_type=type(error).__name__ if error is not None else None,
             error_message=str(error) if error is not None else None,
@@ -301,7 +301,7 @@ def run_demo(
         outcomes.append(outcome)
         if on_progress is not None:
             on_progress(outcome)
-    failed = [o for o in outcomes if o.status != "completed"]
+    failed = [o for o in outcomes if o.status != RunStatus.COMPLETED]
     return DemoSummary(
         runs=len(outcomes),
         completed=len(outcomes) - len(failed),

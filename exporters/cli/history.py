@@ -19,6 +19,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from exporters.cli._columns import GAP, Column, Role, fitted_table, shorten_middle
 from exporters.cli._common import (
     MAX_LIMIT,
     NOTHING_RECORDED,
@@ -43,6 +44,8 @@ from exporters.cli._format import (
     text,
     truncate,
 )
+from exporters.db.json import dumps_text
+from exporters.query.diff import BASELINE_RUNS, SLOW_MARK
 from exporters.query.lookup import unique_prefixes
 from exporters.query.store import (
     AmbiguousRunError,
@@ -51,15 +54,26 @@ from exporters.query.store import (
     RunSummary,
     StepRecord,
 )
+from exporters.query.where import parse_where
 from instrumentation import RunStatus, StepStatus
+from instrumentation.attributes import ACTIVE_RUN_STATUSES
 
 __all__ = ["runs", "show"]
 
 _STEP_FAILED = re.compile(r"^step '[^']*' failed: ")  # the step is in its own column
-_WIDE = 120  # from this width the start time carries its date
-_DURATION_WIDTH = len("59m 59s…")
-_STEP_MIN = 12  # a step name keeps this much before its ellipsis
+_DURATION_WIDTH = len("59m 59s…" + SLOW_MARK)
+_STEP_MIN = 12  # a step name is never shortened (in its middle) below this
+_MESSAGE_MIN = 12  # the message column keeps this much before the step name is shortened
 _TIMELINE_MIN, _TIMELINE_MAX = 10, 50
+
+
+def _where_option(
+    ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
+) -> dict[str, str] | None:
+    try:
+        return parse_where(items) or None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 @click.command()
@@ -82,6 +96,14 @@ _TIMELINE_MIN, _TIMELINE_MAX = 10, 50
 @click.option("--since", type=When(), help="Started at or after: 30m, 24h, 7d or 2026-11-01.")
 @click.option("--until", type=When(), help="Started before: 30m, 24h, 7d or 2026-11-01.")
 @click.option(
+    "--where",
+    type=Utf8Text(),
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_where_option,
+    help="Only runs whose context has KEY with this value, as text (repeatable; all must match).",
+)
+@click.option(
     "--limit",
     default=50,
     show_default=True,
@@ -98,6 +120,7 @@ def runs(
     device_type: str | None,
     since: dt.datetime | None,
     until: dt.datetime | None,
+    where: dict[str, str] | None,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -113,6 +136,7 @@ def runs(
         "device_type": device_type,
         "since": since,
         "until": until,
+        "where": where,
     }
     short: dict[str, str] = {}
     with history_store(db) as store:
@@ -136,47 +160,67 @@ def runs(
 
 
 def _runs_table(found: list[RunSummary], console: Console, short: dict[str, str]) -> Table:
-    """The runs, one line each: the key columns keep their width, the others share the rest.
+    """The runs, one line each, fitted by :func:`~exporters.cli._columns.fit_columns`.
 
-    The run id, status, start time of day, duration and progress never shrink (``min_width``,
-    ``no_wrap``); the workflow, workflow id, step and error columns share what is left by
-    ``ratio`` and end in an ellipsis. From 120 columns the start carries its date. When every
-    run shown is of one workflow, the title names it instead of a column.
+    The run id, status, start, duration and progress keep their width; the workflow id, the
+    step and the workflow name (a column only when several workflows are shown, else named in
+    the title) are identifiers, shortened only in their middle and only once the error column
+    is gone and the start times dropped the date of today's starts; the error ends in an
+    ellipsis.
     """
-    started = fmt_started([run.started_at for run in found], with_date=console.width >= _WIDE)
     names = {run.workflow_name for run in found}
     one_name = next(iter(names)) if len(names) == 1 else None  # named once, in the title
     title = f"{len(found)} {one_name + ' ' if one_name else ''}runs, newest first (times in UTC)"
-    table = compact_table(title=title, title_justify="left")
-    key = KEY_COLUMN
-    table.add_column("run", min_width=max(len(v) for v in short.values()), **key)
+    starts = [run.started_at for run in found]
+    failed = [run.status == RunStatus.FAILED for run in found]
+    columns = [Column("run", [text(short[run.run_id]) for run in found])]
     if one_name is None:
-        table.add_column("workflow", ratio=2, **key)
-    table.add_column("workflow id", ratio=3, **key)
-    table.add_column("status", min_width=max(len(s) for s in RunStatus), **key)
-    table.add_column("started", min_width=max(len(t) for t in started), **key)
-    table.add_column("duration", justify="right", min_width=_DURATION_WIDTH, **key)
-    table.add_column("steps", justify="right", **key)
-    table.add_column("step", ratio=3, **key)
-    table.add_column("error", ratio=5, **key)
-    for run, start in zip(found, started, strict=True):
-        ms, still_open = run_duration_ms(
-            run.duration_ms, run.started_at, status=run.status, completed_at=run.completed_at
+        columns.append(
+            Column("workflow", [text(run.workflow_name) for run in found], Role.ID, droppable=True)
         )
-        error = _STEP_FAILED.sub("", run.error_message or "")
-        name = [] if one_name is not None else [text(run.workflow_name)]
-        table.add_row(
-            text(short[run.run_id]),
-            *name,
-            text(run.workflow_id),
-            status_text(run.status),
-            text(start),
-            text(fmt_duration(ms) + ("…" if still_open else "")),
-            text(f"{run.steps_completed}/{run.total_steps}"),
-            text(run.current_step, "red" if run.status == RunStatus.FAILED else ""),
-            text(truncate(error, console.width), style="red"),
-        )
-    return fit_table(table, console)
+    columns += [
+        Column("workflow id", [text(run.workflow_id) for run in found], Role.ID),
+        Column("status", [status_text(run.status) for run in found]),
+        Column(
+            "started",
+            [text(v) for v in fmt_started(starts, with_date=True)],
+            compact=[text(v) for v in fmt_started(starts, with_date=False)],
+        ),
+        Column("duration", [text(_run_duration(run)) for run in found], justify="right"),
+        Column(
+            "steps",
+            [text(f"{run.steps_completed}/{run.total_steps}") for run in found],
+            justify="right",
+        ),
+        Column(
+            "step",
+            [text(run.current_step, "red" * bad) for run, bad in zip(found, failed, strict=True)],
+            Role.ID,
+        ),
+        Column(
+            "error",
+            [text(_error_line(run), "red") for run in found],
+            Role.TEXT,
+        ),
+    ]
+    return fitted_table(columns, console.width, title=title, title_justify="left")
+
+
+def _run_duration(run: RunSummary) -> str:
+    ms, still_open = run_duration_ms(
+        run.duration_ms, run.started_at, status=run.status, completed_at=run.completed_at
+    )
+    return fmt_duration(ms) + ("…" if still_open else "")
+
+
+def _error_line(run: RunSummary) -> str:
+    return _first_line(_STEP_FAILED.sub("", run.error_message or ""))
+
+
+def _first_line(value: str | None) -> str:
+    """The first non-blank line of *value* (a table cell holds one line)."""
+    lines = (value or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 @click.command()
@@ -192,6 +236,7 @@ def show(run_ref: str, db: str | None, as_json: bool) -> None:
             detail = store.get_run(run_ref)
         except (RunNotFoundError, AmbiguousRunError) as exc:
             raise click.ClickException(str(exc)) from None
+        baselines = {} if as_json else store.step_baselines(detail.workflow_name)
     if as_json:
         echo_json(detail.to_json())
         return
@@ -204,8 +249,14 @@ def show(run_ref: str, db: str | None, as_json: bool) -> None:
             context.add_row(text(key, "bold"), text(value))
         console.print(Group(Text("\nContext", style="bold underline"), context))
     if detail.steps:
-        console.print(_steps_table(detail, now, console))
-    if detail.status == "failed":
+        console.print(_steps_table(detail, now, console, baselines))
+        if any(_slow(step, baselines) for step in detail.steps):
+            console.print(
+                f"{SLOW_MARK} slower than the step's p95 over this workflow's last completed "
+                f"runs (up to {BASELINE_RUNS})",
+                style="dim",
+            )
+    if detail.status == RunStatus.FAILED:
         _print_failure(console, detail)
 
 
@@ -223,7 +274,7 @@ def _print_header(console: Console, detail: RunDetail, now: dt.datetime) -> None
         others = f"flowtel runs --workflow-id {detail.workflow_id}"
         workflow_id += f"  ({detail.other_runs} other run{plural}: {others})"
     error = _STEP_FAILED.sub("", detail.error_message or "") or detail.error_type or ""
-    failed = detail.status == "failed"
+    failed = detail.status == RunStatus.FAILED
     rows: list[tuple[str, Text]] = [
         ("run id", text(detail.run_id)),
         ("workflow id", text(workflow_id)),
@@ -255,7 +306,7 @@ def _axis(detail: RunDetail, now: dt.datetime) -> tuple[dt.datetime | None, floa
     """
     starts = [s.started_at for s in detail.steps if s.started_at is not None]
     ends = [s.completed_at or s.started_at for s in detail.steps]
-    ends += [detail.completed_at, now if detail.status in ("running", "pending") else None]
+    ends += [detail.completed_at, now if detail.status in ACTIVE_RUN_STATUSES else None]
     starts += [detail.started_at] if detail.started_at else []
     known_ends = [end for end in ends if end is not None]
     if not starts or not known_ends:
@@ -264,18 +315,30 @@ def _axis(detail: RunDetail, now: dt.datetime) -> tuple[dt.datetime | None, floa
     return start, max(0.0, (max(known_ends) - start).total_seconds() * 1000)
 
 
-def _steps_table(detail: RunDetail, now: dt.datetime, console: Console) -> Table:
+def _slow(step: StepRecord, baselines: dict[str, float]) -> bool:
+    """Whether the attempt ended (completed or failed) after longer than its step's p95."""
+    p95 = baselines.get(step.step_name)
+    timed = step.status in (StepStatus.COMPLETED, StepStatus.FAILED)
+    return timed and p95 is not None and step.duration_ms is not None and step.duration_ms > p95
+
+
+def _steps_table(
+    detail: RunDetail, now: dt.datetime, console: Console, baselines: dict[str, float]
+) -> Table:
     """Every step attempt, one line each, its status in words whatever the width or colour.
 
     The index, step, attempt, status and duration keep their width; the timeline and the
-    message share the rest, and each bar is drawn to scale in the width its column gets.
+    message share the rest, and each bar is drawn to scale in the width its column gets. A step
+    name is an identifier: when the console leaves it less than its length (after the timeline
+    and the message got their minimum), it is shortened in its middle, never at its end.
     """
     start, total_ms = _axis(detail, now)
+    step_width = _step_column_width(detail, console.width)
     title = f"Steps — timeline 0 → {fmt_duration(total_ms)}" if total_ms else "Steps"
     table = compact_table(title=title, title_justify="left", title_style="bold underline")
     key = KEY_COLUMN
     table.add_column("#", justify="right", **key)
-    table.add_column("step", ratio=3, min_width=_STEP_MIN, **key)
+    table.add_column("step", width=step_width, **key)
     table.add_column("try", justify="right", **key)
     table.add_column("status", min_width=max(len(s) for s in StepStatus), **key)
     table.add_column("duration", justify="right", min_width=_DURATION_WIDTH, **key)
@@ -292,17 +355,27 @@ def _steps_table(detail: RunDetail, now: dt.datetime, console: Console) -> Table
             )
         table.add_row(
             text(step.step_index),
-            text(step.step_name),
+            text(shorten_middle(step.step_name or "", step_width)),
             text(
                 f"↻{step.attempt}" if step.attempt > 1 else step.attempt,
                 "yellow" * (step.attempt > 1),
             ),
             status_text(step.status),
-            text(_step_duration(step, now)),
+            text(_step_duration(step, now) + (SLOW_MARK if _slow(step, baselines) else "")),
             bar,
             text(truncate(step.error_message or step.message, console.width)),
         )
     return fit_table(table, console)
+
+
+def _step_column_width(detail: RunDetail, width: int) -> int:
+    """The step column's width: every name whole if the console allows, else what is left."""
+    natural = max([len("step"), *(len(step.step_name or "") for step in detail.steps)])
+    index = max(len(str(step.step_index)) for step in detail.steps)
+    attempt = max(len(f"↻{step.attempt}") for step in detail.steps)
+    fixed = index + attempt + max(len(s) for s in StepStatus) + _DURATION_WIDTH
+    left = width - fixed - _TIMELINE_MIN - _MESSAGE_MIN - GAP * 6
+    return max(min(natural, _STEP_MIN), min(natural, left))
 
 
 def _step_duration(step: StepRecord, now: dt.datetime) -> str:
@@ -312,6 +385,25 @@ def _step_duration(step: StepRecord, now: dt.datetime) -> str:
         step.duration_ms, step.started_at, now, status=active, completed_at=step.completed_at
     )
     return fmt_duration(ms) + ("…" if still_open else "")
+
+
+def _print_io(console: Console, detail: RunDetail, failed: StepRecord) -> None:
+    """The failing attempt's input and the outputs of the steps before it, where recorded."""
+    before = [s for s in detail.steps if s.output is not None and s.step_index < failed.step_index]
+    if failed.input is None and not before:
+        return
+    room = max(20, console.width - 4)
+    if failed.input is not None:
+        console.print(Text("\nInput of the failing step", style="bold"))
+        console.print(text("  " + truncate(dumps_text(failed.input, sort_keys=True), room)))
+    if before:
+        console.print(Text("\nOutputs of the steps before it", style="bold"))
+        grid = Table.grid(padding=(0, 2))
+        for step in before:
+            width = max(10, room - len(step.step_name) - 2)
+            shown = truncate(dumps_text(step.output, sort_keys=True), width)
+            grid.add_row(text(step.step_name), text(shown))
+        console.print(grid)
 
 
 def _print_failure(console: Console, detail: RunDetail) -> None:
@@ -331,5 +423,6 @@ def _print_failure(console: Console, detail: RunDetail) -> None:
             console.print(Text("\nLog lines", style="bold"))
             for entry in step.log_lines:
                 console.print(log_line(entry))
+        _print_io(console, detail, step)
     if detail.trace_url:
         console.print(Group(Text("\nTrace", style="bold"), text(detail.trace_url, "underline")))

@@ -5,31 +5,28 @@ It binds to 127.0.0.1:8765 by default. Any other address needs a token (``--toke
 history holds server names, errors and context. With a token every request needs
 ``Authorization: Bearer <token>``. The database is opened read-only; one that cannot be opened
 at start ends with exit status 3, as in the other reading commands. The web stack is the
-``flowtel[web]`` extra; without it the command says what to install.
+``flowtel[web]`` extra; without it the command says what to install. At most ``--max-streams``
+live streams are open at once (one more is answered 503, and the page retries), and uvicorn
+serves at most that many plus :data:`OTHER_REQUESTS` connections.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 import click
 
+from exporters.access import is_loopback
 from exporters.cli._common import BadDatabaseURL, database_errors, db_option
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["serve"]
 
 TOKEN_ENV = "FLOWTEL_SERVE_TOKEN"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether *host* only accepts connections from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+DEFAULT_MAX_STREAMS = 100
+"""``--max-streams``'s default: the live streams (open pages) one server holds at once."""
+OTHER_REQUESTS = 64
+"""Connections beyond the live streams uvicorn serves at once (pages, API, static files)
+before it answers 503 itself."""
 
 
 @click.command()
@@ -53,6 +50,13 @@ def is_loopback(host: str) -> bool:
     help="Seconds between looks at the runs in progress (live updates).",
 )
 @click.option(
+    "--max-streams",
+    default=DEFAULT_MAX_STREAMS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Live streams (open pages) served at once; more get 503 and retry.",
+)
+@click.option(
     "--root-path",
     metavar="PATH",
     default="",
@@ -64,6 +68,7 @@ def serve(
     port: int,
     token: str | None,
     poll_interval: float,
+    max_streams: int,
     root_path: str,
 ) -> None:
     """Serve the history as a web API and pages (read-only) until Ctrl-C.
@@ -92,7 +97,13 @@ def serve(
         engine = readonly_engine(db)
         engine.connect().close()  # fail now (exit 3), not on the first request
     try:
-        app = create_app(engine=engine, token=token, poll_interval=poll_interval, label=shown)
+        app = create_app(
+            engine=engine,
+            token=token,
+            poll_interval=poll_interval,
+            label=shown,
+            max_streams=max_streams,
+        )
     except ValueError as exc:
         raise BadDatabaseURL(str(exc)) from None
     where = f"[{host}]" if ":" in host else host
@@ -107,4 +118,6 @@ def serve(
         timeout_graceful_shutdown=2,
         proxy_headers=False,
         root_path=root_path.rstrip("/"),
+        # the streams' own cap answers first (503 JSON); this bounds everything else
+        limit_concurrency=max_streams + OTHER_REQUESTS,
     )

@@ -10,11 +10,19 @@ one line (password masked) and exit status 3. Both take ``--json``.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
-from exporters.cli._common import DatabaseUnavailable, database_errors, db_option, echo_json
+from exporters.cli._common import (
+    DatabaseUnavailable,
+    check_before_writing,
+    database_errors,
+    db_option,
+    echo_json,
+)
 from exporters.db.engine import display_url, make_engine, resolve_database_url
 from exporters.spool.files import spool_directory, spool_status
 from exporters.spool.replay import replay_spool
@@ -82,7 +90,10 @@ def replay(db: str | None, spool_dir: str | None, as_json: bool) -> None:
     """Write the spooled rows to the database now, oldest first."""
     shown, _ = _directory(db, spool_dir)
     with database_errors(db):
-        engine = make_engine(db)
+        url = resolve_database_url(db)
+        with contextlib.suppress(SQLAlchemyError):  # unreachable: the replay says so below
+            check_before_writing(url, empty_ok=True)  # looks read-only before it writes
+        engine = make_engine(url)
     try:
         result = replay_spool(engine, spool_dir)
     finally:

@@ -2,10 +2,11 @@
 
 For the runs started in the window (``--since 7d`` by default) it prints, per workflow, the
 runs by outcome, the success rate and the p50/p95/max duration of completed runs; the steps that
-failed most with their most common error; every step's attempts, failures, retries and median
-duration; and with ``--by`` the same run figures split by device type, any other column listed
-in :data:`~exporters.query.stats.BY_COLUMNS` or a key of the runs' context. ``--json`` prints the
-:class:`~exporters.query.stats.StatsReport` with stable keys instead.
+failed most with their most common error; every step's attempts, failures, retries and
+p50/p95/max duration; with ``--every 1h|1d`` the runs per interval (by outcome, p50/p95
+duration) with a bar each; and with ``--by`` the same run figures split by device type, any
+other column listed in :data:`~exporters.query.stats.BY_COLUMNS` or a key of the runs' context.
+``--json`` prints the :class:`~exporters.query.stats.StatsReport` with stable keys instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.text import Text
 
 from exporters.cli._common import (
     NOTHING_RECORDED,
+    Duration,
     Utf8Text,
     When,
     db_option,
@@ -36,6 +38,7 @@ from exporters.cli._format import (
     text,
     truncate,
 )
+from exporters.query.error_types import short_error_type
 from exporters.query.records import GroupStats, StatsReport, WorkflowStats
 
 __all__ = ["stats"]
@@ -68,6 +71,12 @@ _STEP_MIN = 12  # a step name or error class keeps this much before its ellipsis
     type=click.IntRange(min=0),
     help="Failing steps listed per workflow.",
 )
+@click.option(
+    "--every",
+    type=Duration(),
+    metavar="INTERVAL",
+    help="Also show each workflow's runs per interval: 1h, 1d (a trend over the window).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 def stats(
     db: str | None,
@@ -76,6 +85,7 @@ def stats(
     workflow: str | None,
     by: str | None,
     top: int,
+    every: dt.timedelta | None,
     as_json: bool,
 ) -> None:
     """How each workflow did over a time window.
@@ -89,9 +99,12 @@ def stats(
             report = None
         else:
             try:
-                report = store.stats(since=since, until=until, workflow=workflow, by=by, top=top)
+                report = store.stats(
+                    since=since, until=until, workflow=workflow, by=by, top=top, every=every
+                )
             except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="'--by'") from None
+                hint = "'--every'" if "every" in str(exc) else "'--by'"
+                raise click.BadParameter(str(exc), param_hint=hint) from None
     if as_json:
         empty = StatsReport(since, until or dt.datetime.now(dt.UTC), by, [])
         echo_json((report or empty).to_json())
@@ -135,11 +148,13 @@ def _print_workflow(console: Console, entry: WorkflowStats, report: StatsReport)
         console.print(_steps_table(entry, console))
     if report.by is not None and entry.groups:
         console.print(_groups_table(report.by, entry.groups, console))
+    if entry.trend:
+        console.print(_trend_table(entry, console))
 
 
 def _class_name(error_type: str | None) -> str:
     """The exception's class without its module (``--json`` keeps the full type)."""
-    return (error_type or "unknown").rsplit(".", 1)[-1]
+    return short_error_type(error_type) or "unknown"
 
 
 def _failing_table(entry: WorkflowStats, console: Console) -> Table:
@@ -165,7 +180,7 @@ def _steps_table(entry: WorkflowStats, console: Console) -> Table:
     sampled = any(step.median_sample < step.completed for step in entry.steps)
     caption = "medians over a sample of the runs (--json: median_sample)" if sampled else None
     table = compact_table(title="Steps", title_justify="left", caption=caption)
-    for header in ("#", "step", "attempts", "failures", "retries", "skipped", "median"):
+    for header in ("#", "step", "attempts", "failures", "retries", "skipped", "p50", "p95", "max"):
         name = header == "step"
         table.add_column(
             header, justify="left" if name else "right", ratio=1 if name else None, **KEY_COLUMN
@@ -179,6 +194,35 @@ def _steps_table(entry: WorkflowStats, console: Console) -> Table:
             text(step.retries, "yellow" if step.retries else "dim"),
             text(step.skipped, "" if step.skipped else "dim"),
             text(fmt_duration(step.median_ms) or "-"),
+            text(fmt_duration(step.p95_ms) or "-"),
+            text(fmt_duration(step.max_ms) or "-"),
+        )
+    return fit_table(table, console)
+
+
+def _trend_table(entry: WorkflowStats, console: Console) -> Table:
+    """One line per interval: runs by outcome, p50/p95, and a bar of runs (failed in red)."""
+    table = compact_table(title="Per interval", title_justify="left")
+    for header in ("interval (UTC)", "runs", "failed", "p50", "p95", ""):
+        table.add_column(header, justify="left" if not header or "UTC" in header else "right",
+                         **KEY_COLUMN)  # fmt: skip
+    busiest = max((point.runs for point in entry.trend), default=0) or 1
+    days = {point.start.date() for point in entry.trend}
+    for point in entry.trend:
+        when = point.start.strftime("%Y-%m-%d %H:%M" if len(days) > 1 else "%H:%M")
+        bar = Text()
+        width = 20
+        failed_cells = round(width * point.failed / busiest)
+        other_cells = round(width * point.runs / busiest) - failed_cells
+        bar.append("█" * max(0, other_cells), "green")
+        bar.append("█" * failed_cells, "red")
+        table.add_row(
+            text(when),
+            text(point.runs, "" if point.runs else "dim"),
+            text(point.failed, "red" if point.failed else "dim"),
+            text(fmt_duration(point.p50_ms) or "-"),
+            text(fmt_duration(point.p95_ms) or "-"),
+            bar,
         )
     return fit_table(table, console)
 

@@ -14,10 +14,11 @@ import datetime as dt
 import time
 
 import click
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from exporters.cli._columns import Column, Role, fitted_table
 from exporters.cli._common import (
     MAX_LIMIT,
     NOTHING_RECORDED,
@@ -27,9 +28,6 @@ from exporters.cli._common import (
     make_console,
 )
 from exporters.cli._format import (
-    KEY_COLUMN,
-    compact_table,
-    fit_table,
     fmt_age,
     fmt_time,
     progress_bar,
@@ -37,16 +35,11 @@ from exporters.cli._format import (
     text,
 )
 from exporters.query.lookup import unique_prefixes
-from exporters.query.store import ActiveRun, HistoryStore
+from exporters.query.store import HistoryStore
 
 __all__ = ["render_frame", "tail"]
 
 _STALE_AFTER = dt.timedelta(minutes=2)  # no write for this long: shown in red
-_COLUMNS = (  # (header, ratio: shares the width left, min_width: never narrower)
-    ("run", None, 8), ("workflow", 1, None), ("workflow id", 2, None), ("server", 1, None),
-    ("status", None, len("running")), ("step", 2, None), ("progress", None, None),
-    ("age", None, len("1h 02m")), ("last write", None, len("1h 02m ago")),
-)  # fmt: skip
 
 
 def render_frame(
@@ -64,12 +57,18 @@ def render_frame(
         workflow: only runs of this workflow name.
         limit: the most runs shown.
         interval: the refresh interval to mention, or ``None`` for a single frame.
-        width: the console's width; the run, status, progress and times keep theirs and the
-            workflow, workflow id, server and step columns share the rest.
+        width: the console's width. The run, status, progress and times keep theirs; the
+            progress bar gives way to its count, then the workflow id, server, step and
+            workflow name (a column only when several workflows run) are shortened in their
+            middle, never at their end.
     """
     now = dt.datetime.now(dt.UTC)
     active = store.active_runs(workflow=workflow, limit=limit)
+    names = {run.workflow_name for run in active}
+    one_name = next(iter(names)) if len(names) == 1 else None
     heading = Text(f"{len(active)} running", style="bold")
+    if one_name:
+        heading.append(f" {one_name}", style="bold")
     heading.append(f" · {fmt_time(now)} UTC", style="dim")
     if interval is not None:
         heading.append(f" · every {interval:g}s · Ctrl-C to stop", style="dim")
@@ -77,37 +76,34 @@ def render_frame(
         return Group(heading, Text("No workflow is running.", style="dim"))
     with store.engine.connect() as conn:
         short = unique_prefixes(conn, [run.run_id for run in active])
-    rows = [_cells(run, now, short[run.run_id]) for run in active]
-    table = compact_table()
-    for header, ratio, min_width in _COLUMNS:
-        right = header in ("age", "last write")
-        table.add_column(
-            header,
-            justify="right" if right else "left",
-            ratio=ratio,
-            min_width=min_width,
-            **KEY_COLUMN,
+    written = [run.updated_at or run.started_at for run in active]
+    stale = [w is not None and now - w > _STALE_AFTER for w in written]
+    columns = [Column("run", [text(short[run.run_id]) for run in active])]
+    if one_name is None:
+        columns.append(
+            Column("workflow", [text(run.workflow_name) for run in active], Role.ID, droppable=True)
         )
-    for row in rows:
-        table.add_row(*row)
-    fit_table(table, Console(width=width))
-    return Group(heading, table)
-
-
-def _cells(run: ActiveRun, now: dt.datetime, short_id: str) -> list[Text]:
-    written = run.updated_at or run.started_at
-    stale = written is not None and now - written > _STALE_AFTER
-    return [
-        text(short_id),
-        text(run.workflow_name),
-        text(run.workflow_id),
-        text(run.server_id),
-        status_text(run.status),
-        text(run.current_step),
-        progress_bar(run.steps_completed, run.total_steps),
-        text(fmt_age(run.started_at, now)),
-        text(fmt_age(written, now) + " ago" if written else "", "red" if stale else "dim"),
+    columns += [
+        Column("workflow id", [text(run.workflow_id) for run in active], Role.ID),
+        Column("server", [text(run.server_id) for run in active], Role.ID, droppable=True),
+        Column("status", [status_text(run.status) for run in active]),
+        Column("step", [text(run.current_step) for run in active], Role.ID),
+        Column(
+            "progress",
+            [progress_bar(run.steps_completed, run.total_steps) for run in active],
+            compact=[text(f"{run.steps_completed}/{run.total_steps}") for run in active],
+        ),
+        Column("age", [text(fmt_age(run.started_at, now)) for run in active], justify="right"),
+        Column(
+            "last write",
+            [
+                text(fmt_age(w, now) + " ago" if w else "", "red" if late else "dim")
+                for w, late in zip(written, stale, strict=True)
+            ],
+            justify="right",
+        ),
     ]
+    return Group(heading, fitted_table(columns, width))
 
 
 @click.command()

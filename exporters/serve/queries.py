@@ -24,7 +24,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from exporters.db.schema import workflow_history
 from exporters.query.records import RunSummary, json_value
+from exporters.query.where import where_conditions
 from instrumentation import redact
+from instrumentation.attributes import ACTIVE_RUN_STATUSES
 
 __all__ = [
     "LEGACY_COLUMNS",
@@ -39,7 +41,7 @@ __all__ = [
 
 _H = workflow_history.c
 _SUMMARY_FIELDS = [f.name for f in dataclasses.fields(RunSummary)]
-_ACTIVE = ("pending", "running")
+_ACTIVE = sorted(status.value for status in ACTIVE_RUN_STATUSES)
 LEGACY_COLUMNS = (
     "id", "workflow_id", "server_id", "device_type", "status", "started_at", "completed_at",
     "steps_completed", "total_steps", "error_message", "metadata",
@@ -62,9 +64,12 @@ class RunFilters:
     device_type: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    where: tuple[tuple[str, str], ...] = ()
+    """Context pairs that must all match (``flowtel runs --where``; applied by
+    :func:`runs_page`, which has the connection the index lookup needs)."""
 
     def apply(self, query: Select[Any]) -> Select[Any]:
-        """*query* restricted to the runs these filters select."""
+        """*query* restricted to the runs these filters select (all but :attr:`where`)."""
         for column, value in (
             (_H.status, self.status),
             (_H.workflow_name, self.workflow),
@@ -136,6 +141,8 @@ def runs_page(
     base = filters.apply(select(_H.id, *(_H[name] for name in _SUMMARY_FIELDS)))
     rows: list[Any] = []
     with engine.connect() as conn:
+        if filters.where:
+            base = base.where(*where_conditions(conn, dict(filters.where)))
         if after is None or after[0] is not None:
             dated = base.where(_H.started_at.is_not(None))
             if after is not None:

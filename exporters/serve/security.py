@@ -3,23 +3,22 @@
 :class:`Guard` is plain ASGI middleware. With a token configured, every request (pages, static
 files, the API and the live stream) must carry ``Authorization: Bearer <token>``, or HTTP Basic
 credentials whose password is the token (what a browser sends after its login prompt; the
-user name is ignored); anything else gets 401 with a JSON body. The comparison is
-:func:`hmac.compare_digest`, in constant time. Every response carries a Content-Security-Policy
-without ``'unsafe-inline'`` or wildcards (scripts, styles, images and connections from this
-origin only), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer`` and
-``X-Frame-Options: DENY``.
+user name is ignored); anything else gets 401 with a JSON body. The check is
+:func:`exporters.access.token_matches` (constant time), the one ``flowtel ingest`` uses. Every
+response carries a Content-Security-Policy without ``'unsafe-inline'`` or wildcards (scripts,
+styles, images and connections from this origin only), ``X-Content-Type-Options: nosniff``,
+``Referrer-Policy: no-referrer`` and ``X-Frame-Options: DENY``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_SECURITY_POLICY", "SECURITY_HEADERS", "Guard", "token_matches"]
+from exporters.access import token_matches
+
+__all__ = ["CONTENT_SECURITY_POLICY", "SECURITY_HEADERS", "Guard"]
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -37,20 +36,6 @@ _UNAUTHORIZED = json.dumps(
         "message": "this server needs its token: send 'Authorization: Bearer <token>'",
     }
 ).encode()
-
-
-def token_matches(authorization: str, token: str) -> bool:
-    """Whether an ``Authorization`` header value carries *token* (Bearer, or Basic password)."""
-    scheme, _, value = authorization.strip().partition(" ")
-    offered = ""
-    if scheme.lower() == "bearer":
-        offered = value.strip()
-    elif scheme.lower() == "basic":
-        try:
-            offered = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            offered = ""
-    return hmac.compare_digest(offered.encode(), token.encode())
 
 
 class Guard:

@@ -38,15 +38,26 @@
       });
   }
 
-  var events = new EventSource(main.dataset.liveEvents);
   // The events before "ready" describe the state the page was rendered with; after a
-  // reconnection the page may be stale, so it is refreshed once.
-  events.addEventListener("ready", function () {
-    if (ready) refresh();
-    ready = true;
-    show("live", false);
-  });
-  events.addEventListener("run", function () { if (ready) refresh(); });
-  events.addEventListener("unavailable", function () { show("database unavailable, retrying…", true); });
-  events.onerror = function () { show("reconnecting…", true); };
+  // reconnection the page may be stale, so it is refreshed once. A server that answers 503
+  // (too many open pages, see --max-streams) closes the stream: try again after a while.
+  function connect() {
+    var events = new EventSource(main.dataset.liveEvents);
+    events.addEventListener("ready", function () {
+      if (ready) refresh();
+      ready = true;
+      show("live", false);
+    });
+    events.addEventListener("run", function () { if (ready) refresh(); });
+    events.addEventListener("unavailable", function () { show("database unavailable, retrying…", true); });
+    events.onerror = function () {
+      if (events.readyState === EventSource.CLOSED) {
+        show("live updates paused (server busy), retrying…", true);
+        window.setTimeout(connect, 10000);
+      } else {
+        show("reconnecting…", true);
+      }
+    };
+  }
+  connect();
 })();
