@@ -3,7 +3,9 @@
 ``@workflow`` runs the decorated function inside :func:`~instrumentation.workflow_run`;
 ``workflow_id`` and ``context`` may be computed from the call's arguments. ``@step`` runs the
 function as the next step of the current run; called outside any workflow it is a plain span
-that records no history. Signatures (and ``inspect.iscoroutinefunction``) are preserved.
+that records no history. ``@step(record_io=True)`` also records the call's arguments (by
+parameter name, so a ``password`` argument is redacted like a context key) and its return
+value. Signatures (and ``inspect.iscoroutinefunction``) are preserved.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from . import attributes as attr
 from ._spans import error_description, get_tracer, record_error
 from ._validation import check_name, check_optional_text
 from .runs import current_run, workflow_run
+from .steps import StepRun
 
 __all__ = ["step", "workflow"]
 
@@ -134,13 +137,33 @@ def _step_scope(step_name: str, description: str | None) -> Any:
     return run.step(step_name, description=description)
 
 
+def _arguments(signature: inspect.Signature | None, args: Any, kwargs: Any) -> dict[str, Any]:
+    """The call's arguments by parameter name, defaults included (``self``/``cls`` left out)."""
+    if signature is not None:
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+        except TypeError:
+            pass  # the call itself will raise; record what was passed
+        else:
+            bound.apply_defaults()  # what the step was given, defaults included
+            return {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
+    return {"args": list(args), "kwargs": dict(kwargs)}
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none
+        return None
+
+
 @overload
 def step(func: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 @overload
 def step(
-    *, name: str | None = None, description: str | None = None
+    *, name: str | None = None, description: str | None = None, record_io: bool = False
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -150,12 +173,15 @@ def step(
     *,
     name: str | None = None,
     description: str | None = None,
+    record_io: bool = False,
 ) -> Any:
     """Record each call of the decorated function as the next step of the current run.
 
     Args:
         name: the step's name (default: the function's ``__name__``).
         description: what the step does (default: the docstring's first line).
+        record_io: also record the arguments (``step.set_input``) and the return value
+            (``step.set_output``), redacted and bounded (``Limits.io_bytes``).
     """
     if name is not None:
         check_name(name, "step name")
@@ -167,20 +193,34 @@ def step(
         if doc is None and fn.__doc__:
             doc = fn.__doc__.strip().splitlines()[0]
 
+        signature = _signature(fn) if record_io else None
+
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with _step_scope(step_name, doc):
+                with _step_scope(step_name, doc) as handle:
+                    recording = record_io and isinstance(handle, StepRun)
+                    if recording:
+                        handle.set_input(_arguments(signature, args, kwargs))
                     result: Awaitable[Any] = fn(*args, **kwargs)
-                    return await result
+                    value = await result
+                    if recording:
+                        handle.set_output(value)
+                    return value
 
             return async_wrapper
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with _step_scope(step_name, doc):
-                return fn(*args, **kwargs)
+            with _step_scope(step_name, doc) as handle:
+                recording = record_io and isinstance(handle, StepRun)
+                if recording:
+                    handle.set_input(_arguments(signature, args, kwargs))
+                value = fn(*args, **kwargs)
+                if recording:
+                    handle.set_output(value)
+                return value
 
         return wrapper
 

@@ -40,6 +40,7 @@ ENV_VARIABLES: dict[str, str] = {
     "log_lines": "FLOWTEL_MAX_LOG_LINES",
     "log_line_bytes": "FLOWTEL_MAX_LOG_LINE_BYTES",
     "context_attributes": "FLOWTEL_MAX_CONTEXT_ATTRIBUTES",
+    "io_bytes": "FLOWTEL_MAX_IO_BYTES",
 }
 """The environment variable that sets each :class:`Limits` field."""
 
@@ -64,6 +65,7 @@ class Limits:
         log_lines: log lines kept per step (the most recent).
         log_line_bytes: one kept log line.
         context_attributes: context keys copied to ``workflow.context.<key>`` attributes.
+        io_bytes: a step's recorded input, and its output, each as JSON.
     """
 
     context_bytes: int = 64 * 1024
@@ -74,6 +76,7 @@ class Limits:
     log_lines: int = 20
     log_line_bytes: int = 1024
     context_attributes: int = 64
+    io_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -4,13 +4,16 @@
 reports itself here: :func:`history_processor_started` when it is created and
 :func:`history_processor_stopped` when it shuts down. A workflow that starts while none is
 running calls :func:`warn_if_nothing_records`, which logs one warning on the ``flowtel`` logger
-(the first time only) saying that nothing is recorded and that ``exporters.configure()`` is the
-fix. Libraries that only instrument themselves stay silent until their user configures flowtel
-or not: the warning appears in the application, once.
+(the first time only) saying that nothing is recorded and what fixes it:
+``exporters.configure()``, or, where only the ``flowtel-api`` distribution is installed (no
+``exporters`` package to configure), installing the full ``flowtel`` distribution first.
+Libraries that only instrument themselves stay silent until their user configures flowtel or
+not: the warning appears in the application, once.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 
@@ -58,7 +61,21 @@ def warn_if_nothing_records(workflow_name: str) -> None:
         _warned = True
     logger.warning(
         "flowtel: workflow %r runs but no history processor is installed, so no history is "
-        "recorded; call exporters.configure() at start-up (or add "
-        "exporters.WorkflowHistorySpanProcessor to your tracer provider). Shown once.",
+        "recorded; %s Shown once.",
         workflow_name,
+        _how_to_record(),
+    )
+
+
+def _how_to_record() -> str:
+    """What to do about it, for an environment with the full flowtel or the API alone."""
+    if importlib.util.find_spec("exporters") is None:  # looked up, never imported
+        return (
+            "this environment has only the flowtel-api distribution (the instrumentation API): "
+            "install the full flowtel distribution (pip install . in a clone of flowtel), which "
+            "adds the exporters package, then call exporters.configure() at start-up."
+        )
+    return (
+        "call exporters.configure() at start-up (or add exporters.WorkflowHistorySpanProcessor "
+        "to your tracer provider)."
     )

@@ -2,8 +2,9 @@
 
 A step span is a child of its run's span named after the step, carrying the run id, the step's
 1-based index and attempt from creation. The handle lets the code inside the step say how it
-ended without raising (``skip``, ``fail``, ``retrying``); an exception leaving the block marks
-the attempt ``failed`` and is re-raised unchanged.
+ended without raising (``skip``, ``fail``, ``retrying``) and, where the step opts in, what it
+was given and what it returned (``set_input``, ``set_output``: redacted, bounded JSON); an
+exception leaving the block marks the attempt ``failed`` and is re-raised unchanged.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from . import attributes as attr
 from ._clock import SpanClock
 from ._spans import AsyncScope, error_description, record_error
 from .attributes import StepStatus
-from .clean import clean_error_type, clean_message
+from .clean import clean_error_type, clean_json, clean_message
+from .limits import get_limits
 
-__all__ = ["StepOwner", "StepRun", "StepScope"]
+__all__ = ["StepOwner", "StepRun", "StepScope", "io_json"]
 
 
 class StepOwner(Protocol):
@@ -67,6 +69,20 @@ class StepRun:
     def set_message(self, message: str) -> None:
         """Attach a human-readable outcome message to the step (redacted and bounded)."""
         self.message = _clean(message)
+
+    def set_input(self, value: Any) -> None:
+        """Record what the step was given (``workflow.step.input``, the step row's ``input``).
+
+        *value* is stored as JSON, redacted by the context's rules (secret-looking keys and
+        credentials in URLs) and cut to ``Limits.io_bytes``; an object JSON cannot hold is
+        stored as its ``repr``. Nothing is recorded unless a step calls this.
+        """
+        self.span.set_attribute(attr.STEP_INPUT, io_json(value))
+
+    def set_output(self, value: Any) -> None:
+        """Record what the step returned (``workflow.step.output``, the row's ``output``),
+        redacted and bounded as :meth:`set_input`."""
+        self.span.set_attribute(attr.STEP_OUTPUT, io_json(value))
 
     def skip(self, message: str | None = None) -> None:
         """End the step as ``skipped`` when the block exits normally."""
@@ -113,6 +129,11 @@ class StepRun:
                 }
             )
         self.run.step_finished(self)
+
+
+def io_json(value: Any) -> str:
+    """*value* as the redacted JSON text of a step's input or output, within ``Limits.io_bytes``."""
+    return clean_json(value, get_limits().io_bytes)[1]
 
 
 def _clean(message: object) -> str | None:

@@ -200,10 +200,12 @@ def test_by_rejects_keys_that_are_not_plain(store: HistoryStore, key: str) -> No
 def test_report_json_is_stable(store: HistoryStore) -> None:
     """to_json: stable keys, ISO times, nested records as objects; it survives json.dumps."""
     data = json.loads(json.dumps(store.stats(**WEEK, by="device_type").to_json()))
-    assert list(data) == ["since", "until", "by", "workflows"]
+    assert list(data) == ["since", "until", "by", "workflows", "every_s"]
     assert data["since"] == "2026-11-01T12:00:00.000000Z"
     entry = data["workflows"][1]
-    assert list(entry) == ["workflow_name", "totals", "steps", "top_failing_steps", "groups"]
+    assert list(entry) == [
+        "workflow_name", "totals", "steps", "top_failing_steps", "groups", "trend",
+    ]  # fmt: skip
     assert list(entry["totals"]) == [
         "group", "runs", "completed", "failed", "cancelled", "abandoned", "running",
         "success_rate", "p50_ms", "p95_ms", "max_ms",
@@ -211,7 +213,7 @@ def test_report_json_is_stable(store: HistoryStore) -> None:
     assert entry["top_failing_steps"][0]["error_type"] == "TimeoutError"
     assert list(entry["steps"][0]) == [
         "step_index", "step_name", "attempts", "completed", "failures", "retries", "skipped",
-        "median_ms", "median_sample",
+        "median_ms", "median_sample", "p95_ms", "max_ms",
     ]  # fmt: skip
 
 

@@ -96,6 +96,8 @@ class StepRecord(Record):
     Attributes:
         logs: the warning and error log lines recorded during the attempt, each a dictionary
             ``{at, severity, logger, message}`` (``None`` when there were none).
+        input: what the attempt was given, as recorded (redacted, bounded JSON), or ``None``.
+        output: what it returned, as recorded, or ``None``.
     """
 
     step_index: int
@@ -111,6 +113,10 @@ class StepRecord(Record):
     error_stacktrace: str | None
     logs: Any
     span_id: str
+    input: Any = None
+    """What the attempt was given (JSON), where the step records it."""
+    output: Any = None
+    """What the attempt returned (JSON), where the step records it."""
 
     @property
     def log_lines(self) -> list[dict[str, Any]]:
@@ -266,6 +272,31 @@ class StepStats(Record):
     skipped: int
     median_ms: float | None
     median_sample: int
+    p95_ms: float | None = None
+    """The 95th percentile, over the same sample as ``median_ms``."""
+    max_ms: float | None = None
+    """The longest completed attempt in the window (every attempt, not a sample)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrendPoint(Record):
+    """One interval of a workflow's trend: its runs by outcome and their durations.
+
+    Attributes:
+        start: the interval's start (intervals are aligned to the epoch: hours start on the
+            hour, days at midnight UTC).
+        p50_ms: the median duration of the interval's completed runs (``p95_ms`` alike).
+    """
+
+    start: dt.datetime
+    runs: int
+    completed: int
+    failed: int
+    cancelled: int
+    abandoned: int
+    running: int
+    p50_ms: float | None
+    p95_ms: float | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -296,6 +327,8 @@ class WorkflowStats(Record):
     steps: list[StepStats]
     top_failing_steps: list[FailingStep]
     groups: list[GroupStats]
+    trend: list[TrendPoint] = dataclasses.field(default_factory=list)
+    """Per interval of the report's ``every``, oldest first (empty without ``every``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -306,3 +339,5 @@ class StatsReport(Record):
     until: dt.datetime
     by: str | None
     workflows: list[WorkflowStats]
+    every_s: int | None = None
+    """The trend's interval in seconds (``None``: no trend asked for)."""

@@ -1,29 +1,51 @@
 """Statistics over a time window: per workflow, per step, per device type or context key.
 
-:func:`compute_stats` reads the runs started in ``[since, until)`` through the ``started_at``
-index (run percentiles are exact, interpolated like PostgreSQL's ``percentile_cont``), then has
-the database count their step attempts by step, outcome and error through the ``run_id`` index
-(on PostgreSQL through the steps' own ``started_at`` index); step medians come from the
-durations of every run's attempts, or of a fixed sample of about :data:`MEDIAN_SAMPLE_RUNS`
-runs in a busier window, so the work stays bounded. ``by`` splits the runs by a column or a key
-of the run's context, read with each dialect's JSON extraction.
+Where the database keeps the per-hour rollups (revision 0007 on SQLite and PostgreSQL, see
+:mod:`exporters.db.rollups`) and the window holds at least :data:`EXACT_BELOW_RUNS` runs,
+:func:`compute_stats` sums the rollups over the window's whole hours and reads only the partial
+hours at its edges from the base tables: counts stay exact, percentiles come from duration
+buckets over every run and attempt (within 4.5 %), and a trend whose interval is a whole number
+of hours sums hours into intervals; failed attempts' errors still come from the base tables.
+Otherwise (fewer runs, ``by`` splits, other intervals, MariaDB) it reads the runs started in
+``[since, until)`` through the ``started_at`` index (run percentiles are exact, interpolated
+like PostgreSQL's ``percentile_cont``), then has the database count their step attempts by
+step, outcome and error through the ``run_id`` index (on PostgreSQL through the steps' own
+``started_at`` index); step percentiles come from the durations of every run's attempts, or of
+a fixed sample of about :data:`MEDIAN_SAMPLE_RUNS` runs in a busier window, so the work stays
+bounded. ``by`` splits the runs by a column or a key of the run's context, read with each
+dialect's JSON extraction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import re
 import typing
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import BigInteger, ColumnElement, cast, func, select
+from sqlalchemy import BigInteger, ColumnElement, cast, func, select, text
 from sqlalchemy.engine import Connection
 
-from exporters.db.schema import workflow_history, workflow_step_history
-from exporters.query.records import FailingStep, GroupStats, StatsReport, StepStats, WorkflowStats
+from exporters.db import rollups
+from exporters.db.rollups import bucket_value, has_rollups
+from exporters.db.schema import (
+    workflow_history,
+    workflow_rollup,
+    workflow_step_history,
+    workflow_step_rollup,
+)
+from exporters.query.records import (
+    FailingStep,
+    GroupStats,
+    StatsReport,
+    StepStats,
+    TrendPoint,
+    WorkflowStats,
+)
 from instrumentation.attributes import (
     ACTIVE_RUN_STATUSES,
     FINAL_RUN_STATUSES,
@@ -33,6 +55,8 @@ from instrumentation.attributes import (
 
 __all__ = [
     "BY_COLUMNS",
+    "EXACT_BELOW_RUNS",
+    "MAX_TREND_POINTS",
     "MEDIAN_SAMPLE_RUNS",
     "NO_VALUE",
     "compute_stats",
@@ -48,6 +72,21 @@ NO_VALUE = "(none)"
 MEDIAN_SAMPLE_RUNS = 2000
 """Above this many runs in the window, step medians come from a sample of about as many."""
 
+EXACT_BELOW_RUNS = MEDIAN_SAMPLE_RUNS
+"""Below this many runs in the window, stats read the base tables (exact) even where rollups
+exist; from this many on they read the rollups."""
+
+Source = Literal["auto", "rollups", "base"]
+
+MAX_TREND_POINTS = 2000
+"""The most intervals a trend may have (``every`` against the window)."""
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_HOUR = dt.timedelta(hours=1)
+_PG_WORK_MEM = "64MB"  # for the rest of the reader's transaction only (SET LOCAL)
+_DAY = dt.timedelta(days=1)
+_R, _SR = workflow_rollup.c, workflow_step_rollup.c
+_MIN_EVERY = dt.timedelta(minutes=1)
 _LEGACY_STATUSES = {"success": RunStatus.COMPLETED.value}  # the old system's word for completed
 _CONTEXT_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _FINISHED = (*sorted(FINAL_RUN_STATUSES), RunStatus.ABANDONED)
@@ -56,11 +95,13 @@ _SCRAMBLE, _SAMPLE_SPACE = 7919, 10007  # id * prime % prime: a sample without a
 _SLACK = dt.timedelta(days=1)  # clocks of the hosts that wrote the rows may disagree
 _JOINED = workflow_history.join(workflow_step_history, _S.run_id == _H.run_id)
 _COUNT_KEYS = (_H.workflow_name, _S.step_index, _S.status)  # few and narrow: a cheap sort
-_COUNTED = select(*_COUNT_KEYS, func.max(_S.step_name), func.count())
+_COUNTED = select(*_COUNT_KEYS, func.max(_S.step_name), func.count(), func.max(_S.duration_ms))
 _COUNTED = _COUNTED.select_from(_JOINED).group_by(*_COUNT_KEYS)
 _STEP = (_H.workflow_name, _S.step_index, _S.step_name)
 _TIMED = select(*_STEP, _S.status, _S.duration_ms).select_from(_JOINED)
-_FAILED = select(*_STEP, _S.error_type, _S.error_message).select_from(_JOINED)
+_FAILED_KEYS = (*_STEP, _S.error_type)
+_FAILED = select(*_FAILED_KEYS, func.count(), func.min(func.nullif(_S.error_message, "")))
+_FAILED = _FAILED.select_from(_JOINED).group_by(*_FAILED_KEYS)  # counted by the database
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float | None:
@@ -97,9 +138,28 @@ def _label(value: Any) -> str:
     return NO_VALUE if value is None or value == "" else str(value)
 
 
-def _totals(group: str | None, statuses: Counter[str], durations: list[float]) -> GroupStats:
+def _quantile(durations: Counter[float], fraction: float) -> float | None:
+    """:func:`percentile` of the multiset *durations* (value -> how many times)."""
+    total = sum(durations.values())
+    if not total:
+        return None
+    position = (total - 1) * fraction
+    low, high = math.floor(position), math.ceil(position)
+    seen, low_value = 0, None
+    for value in sorted(durations):
+        seen += durations[value]
+        if low_value is None and seen > low:
+            low_value = value
+        if seen > high:
+            assert low_value is not None
+            return low_value + (value - low_value) * (position - low)
+    raise AssertionError("unreachable: the ranks are below the total")
+
+
+def _totals(
+    group: str | None, statuses: Counter[str], durations: Counter[float], longest: float | None
+) -> GroupStats:
     finished = sum(statuses[s] for s in _FINISHED)
-    durations.sort()
     return GroupStats(
         group=group,
         runs=sum(statuses.values()),
@@ -109,49 +169,99 @@ def _totals(group: str | None, statuses: Counter[str], durations: list[float]) -
         abandoned=statuses[RunStatus.ABANDONED],
         running=sum(statuses[s] for s in ACTIVE_RUN_STATUSES),
         success_rate=statuses[RunStatus.COMPLETED] / finished if finished else None,
-        p50_ms=percentile(durations, 0.5),
-        p95_ms=percentile(durations, 0.95),
-        max_ms=durations[-1] if durations else None,
+        p50_ms=_quantile(durations, 0.5),
+        p95_ms=_quantile(durations, 0.95),
+        max_ms=longest,
     )
 
 
-class _Runs:
-    """Status counts and completed durations, per workflow and per (workflow, group)."""
+class _Outcomes:
+    """Status counts, completed durations (value -> count) and the longest, per key."""
 
     def __init__(self) -> None:
         self.statuses: defaultdict[Any, Counter[str]] = defaultdict(Counter)
-        self.durations: defaultdict[Any, list[float]] = defaultdict(list)
-        self.count = 0
+        self.durations: defaultdict[Any, Counter[float]] = defaultdict(Counter)
+        self.longest: dict[Any, float] = {}
 
-    def add(self, key: Any, status: str, duration_ms: int | None) -> None:
-        self.count += isinstance(key, str)  # runs, not (workflow, group) pairs
+    def add(
+        self, key: Any, status: str, value: float | None, n: int = 1, longest: float | None = None
+    ) -> None:
+        """Count *n* runs of *status* lasting *value* ms (the longest of them: *longest*)."""
         status = _LEGACY_STATUSES.get(status, status)
-        self.statuses[key][status] += 1
-        if status == RunStatus.COMPLETED and duration_ms is not None:
-            self.durations[key].append(float(duration_ms))
+        self.statuses[key][status] += n
+        if status == RunStatus.COMPLETED and value is not None:
+            self.durations[key][value] += n
+            longest = value if longest is None else longest
+            self.longest[key] = max(longest, self.longest.get(key, longest))
 
     def totals(self, key: Any, group: str | None) -> GroupStats:
-        return _totals(group, self.statuses[key], self.durations[key])
+        return _totals(group, self.statuses[key], self.durations[key], self.longest.get(key))
+
+
+class _Runs(_Outcomes):
+    """Outcomes per workflow and per (workflow, group), and how many runs were counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def add(
+        self, key: Any, status: str, value: float | None, n: int = 1, longest: float | None = None
+    ) -> None:
+        self.count += n if isinstance(key, str) else 0  # runs, not (workflow, group) pairs
+        super().add(key, status, value, n, longest)
+
+
+class _Trend(_Outcomes):
+    """Per workflow and interval: status counts and completed durations."""
+
+    def __init__(self, every: dt.timedelta) -> None:
+        super().__init__()
+        self.every = every
+
+    def start_of(self, when: dt.datetime) -> dt.datetime:
+        """The start of the interval holding *when* (aligned to the epoch)."""
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return _EPOCH + self.every * ((when - _EPOCH) // self.every)
+
+    def points(self, name: str, since: dt.datetime, until: dt.datetime) -> list[TrendPoint]:
+        """Every interval of the window for *name*, empty ones included, oldest first."""
+        points = []
+        start = self.start_of(since)
+        while start < until:
+            t = self.totals((name, start), None)
+            counts = (t.runs, t.completed, t.failed, t.cancelled, t.abandoned, t.running)
+            points.append(TrendPoint(start, *counts, t.p50_ms, t.p95_ms))
+            start += self.every
+        return points
 
 
 class _Steps:
-    """The step attempts of one workflow: counts by outcome and error, sampled durations."""
+    """The step attempts of one workflow: counts by outcome and error, durations."""
 
     def __init__(self) -> None:
         self.statuses: defaultdict[tuple[int, str], Counter[str]] = defaultdict(Counter)
-        self.durations: defaultdict[tuple[int, str], list[float]] = defaultdict(list)
+        self.durations: defaultdict[tuple[int, str], Counter[float]] = defaultdict(Counter)
         self.errors: defaultdict[tuple[int, str], Counter[str | None]] = defaultdict(Counter)
         self.examples: dict[tuple[int, str, str | None], str] = {}
+        self.longest: dict[tuple[int, str], float] = {}
 
-    def failed(self, key: tuple[int, str], error: str | None, message: str | None) -> None:
-        self.errors[key][error] += 1
+    def failed(
+        self, key: tuple[int, str], error: str | None, message: str | None, n: int = 1
+    ) -> None:
+        self.errors[key][error] += n
         if message:
             self.examples.setdefault((*key, error), message)
+
+    def counted(self, key: tuple[int, str], status: str, n: int, longest: Any) -> None:
+        self.statuses[key][status] += n
+        if status == StepStatus.COMPLETED and longest is not None:
+            self.longest[key] = max(float(longest), self.longest.get(key, 0.0))
 
     def steps(self) -> list[StepStats]:
         result = []
         for key, n in sorted(self.statuses.items()):
-            durations = sorted(self.durations[key])
+            durations = self.durations[key]
             counts = (
                 sum(n.values()),
                 n[StepStatus.COMPLETED],
@@ -159,8 +269,10 @@ class _Steps:
                 n[StepStatus.RETRYING],
                 n[StepStatus.SKIPPED],
             )
-            median = percentile(durations, 0.5)
-            result.append(StepStats(*key, *counts, median, len(durations)))
+            median, p95 = _quantile(durations, 0.5), _quantile(durations, 0.95)
+            longest = self.longest.get(key)
+            sample = sum(durations.values())
+            result.append(StepStats(*key, *counts, median, sample, p95, longest))
         return result
 
     def failing(self, top: int) -> list[FailingStep]:
@@ -181,6 +293,8 @@ def compute_stats(
     workflow: str | None = None,
     by: str | None = None,
     top: int = 5,
+    every: dt.timedelta | None = None,
+    source: Source = "auto",
 ) -> StatsReport:
     """Compute the :class:`StatsReport` of the runs started in ``[since, until)``.
 
@@ -192,53 +306,240 @@ def compute_stats(
         by: also split each workflow's runs by this column (see :data:`BY_COLUMNS`) or
             context key.
         top: how many failing steps to list per workflow.
+        every: also split each workflow's runs into intervals this long (its ``trend``).
+        source: ``auto`` reads the rollups where they exist and serve the question (no *by*,
+            *every* a whole number of hours) and the window holds at least
+            :data:`EXACT_BELOW_RUNS` runs, else the base tables; ``rollups`` or ``base``
+            insist on one.
 
     Raises:
-        ValueError: *by* is neither a column nor a plain context key, or *top* is negative.
+        ValueError: *by* is neither a column nor a plain context key, *top* is negative,
+            *every* is under a minute or cuts the window into more than
+            :data:`MAX_TREND_POINTS` intervals, or ``source="rollups"`` where the database
+            keeps none (MariaDB/MySQL, or before revision 0007) or with *by* or an *every*
+            that is not a whole number of hours.
     """
     if top < 0:
         raise ValueError(f"top must be zero or more, not {top}")
     since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
     until = until or dt.datetime.now(dt.UTC)
     until = until if until.tzinfo else until.replace(tzinfo=dt.UTC)
+    trend = None
+    if every is not None:
+        if every < _MIN_EVERY:
+            raise ValueError(f"every must be at least a minute, not {every}")
+        if (until - since) / every > MAX_TREND_POINTS:
+            raise ValueError(
+                f"every={every} cuts the window into more than {MAX_TREND_POINTS} intervals; "
+                "give a longer interval or a shorter window"
+            )
+        trend = _Trend(every)
     in_window = [_H.started_at >= since, _H.started_at < until]
     if workflow is not None:
         in_window.append(_H.workflow_name == workflow)
-    runs = _count_runs(conn, in_window, by)
-    steps = _count_steps(conn, in_window, since, until, runs.count)
+    counted = None
+    if source != "base" and _rollups_serve(conn, by, every, source):
+        counted = _from_rollups(conn, since, until, workflow, trend, source == "rollups")
+    if counted is None:
+        trend = None if every is None else _Trend(every)
+        runs = _count_runs(conn, in_window, by, trend)
+        steps = _count_steps(conn, in_window, since, until, runs.count)
+    else:
+        runs, steps = counted
     names = sorted(k for k in runs.statuses if isinstance(k, str))
+    workflows = [_workflow(name, runs, steps[name], top) for name in names]
+    if trend is not None:
+        workflows = [
+            dataclasses.replace(w, trend=trend.points(w.workflow_name, since, until))
+            for w in workflows
+        ]
     return StatsReport(
         since=since,
         until=until,
         by=by,
-        workflows=[_workflow(name, runs, steps[name], top) for name in names],
+        workflows=workflows,
+        every_s=None if every is None else int(every.total_seconds()),
     )
 
 
-def _count_runs(conn: Connection, in_window: list[ColumnElement[bool]], by: str | None) -> _Runs:
-    """Outcomes and durations of the window's runs, per workflow and per ``by`` group."""
-    columns: list[ColumnElement[Any]] = [_H.workflow_name, _H.status, _H.duration_ms]
+def _rollups_serve(
+    conn: Connection, by: str | None, every: dt.timedelta | None, source: Source
+) -> bool:
+    """Whether the rollups can answer; with ``source="rollups"``, raise where they cannot."""
+    reason = None
+    if by is not None:
+        reason = "by= splits read the base tables"
+    elif every is not None and every % _HOUR:
+        reason = f"every={every} is not a whole number of hours"
+    elif not has_rollups(conn):
+        reason = (
+            f"this {conn.dialect.name} database keeps no rollups (MariaDB/MySQL never do; "
+            "SQLite and PostgreSQL from revision 0007: run flowtel db upgrade)"
+        )
+    if reason is not None and source == "rollups":
+        raise ValueError(f"cannot read stats from the rollups: {reason}")
+    return reason is None
+
+
+def _hours(when: dt.datetime) -> tuple[int, bool]:
+    """Whole hours from the epoch to *when*, and whether *when* is on the hour."""
+    whole, rest = divmod(when - _EPOCH, _HOUR)
+    return whole, not rest
+
+
+def _periods(first: int, last: int, days: bool) -> list[tuple[int, int, int]]:
+    """The hours ``[first, last)`` as (span in s, first period, end period): whole days as
+    days where *days*, the hours around them as hours."""
+    if first >= last:
+        return []
+    start, end = -(-first // 24), last // 24
+    if not days or start >= end:
+        return [(3600, first, last)]
+    ranges = [(86400, start, end), (3600, first, start * 24), (3600, end * 24, last)]
+    return [(span, low, high) for span, low, high in ranges if low < high]
+
+
+def _rolled(table: Any, span: int, low: int, high: int, workflow: str | None) -> list[Any]:
+    where = [table.c.span_s == span, table.c.period >= low, table.c.period < high]
+    if workflow is not None:
+        where.append(table.c.workflow_name == workflow)
+    return where
+
+
+def _from_rollups(
+    conn: Connection,
+    since: dt.datetime,
+    until: dt.datetime,
+    workflow: str | None,
+    trend: _Trend | None,
+    insist: bool,
+) -> tuple[_Runs, defaultdict[str, _Steps]] | None:
+    """The window's outcomes from the rollups over its whole days and hours and the base
+    tables over the partial hours at its edges; ``None`` (read the base tables) when the window
+    holds no whole hour or, unless *insist*, fewer than :data:`EXACT_BELOW_RUNS` runs."""
+    first, on_hour = _hours(since)
+    first += not on_hour
+    last, _ = _hours(until)
+    if first >= last and not insist:
+        return None
+    if first < last:
+        edges = [(since, _EPOCH + first * _HOUR), (_EPOCH + last * _HOUR, until)]
+    else:
+        edges = [(since, until)]
+    runs, steps = _Runs(), defaultdict[str, _Steps](_Steps)
+    if conn.dialect.name == "postgresql":  # sort a window's cells in memory, not on disk
+        conn.execute(text(f"SET LOCAL work_mem = '{_PG_WORK_MEM}'"))
+    by_day = trend is None or not trend.every % _DAY  # a trend's intervals hold whole periods
+    every_s = None if trend is None else int(trend.every.total_seconds())
+    for span, low, high in _periods(first, last, by_day):
+        keys: list[Any] = [_R.workflow_name, _R.status, _R.bucket]
+        if every_s is not None:
+            keys.append(((_R.period * _R.span_s) // every_s).label("interval"))
+        query = select(*keys, func.sum(_R.runs), func.max(_R.max_ms))
+        query = query.where(*_rolled(workflow_rollup, span, low, high, workflow))
+        for name, status, bucket, *rest in conn.execute(query.group_by(*keys)):
+            *interval, n, longest = rest
+            name, n = _label(name), int(n)
+            value = None if bucket < 0 else bucket_value(bucket)
+            top = None if longest is None or value is None else float(longest)
+            runs.add(name, status, value, n, top)
+            if trend is not None:
+                trend.add((name, _EPOCH + int(interval[0]) * trend.every), status, value, n, top)
+    if first < last:  # runs still active are not in the rollups: few, through the index
+        whole_from, whole_to = _EPOCH + first * _HOUR, _EPOCH + last * _HOUR
+        whole = [_H.started_at >= whole_from, _H.started_at < whole_to]
+        if workflow is not None:
+            whole.append(_H.workflow_name == workflow)
+        active = select(_H.workflow_name, _H.status, _H.started_at)
+        for name, status, started in conn.execute(
+            active.where(_H.status.in_(rollups.ACTIVE_RUN_STATUSES), *whole)
+        ):
+            runs.add(_label(name), status, None)
+            if trend is not None:
+                trend.add((_label(name), trend.start_of(started)), status, None)
+    edge_windows = []
+    for low_at, high_at in edges:
+        if low_at >= high_at:
+            continue
+        window = [_H.started_at >= low_at, _H.started_at < high_at]
+        if workflow is not None:
+            window.append(_H.workflow_name == workflow)
+        edge_windows.append((window, low_at, high_at))
+        _count_runs(conn, window, None, trend, runs)
+    if runs.count < EXACT_BELOW_RUNS and not insist:
+        return None
+    named: dict[tuple[str, int, str], tuple[str, int, float | None]] = {}
+    step_keys = (_SR.workflow_name, _SR.step_index, _SR.step_name, _SR.status, _SR.bucket)
+    for span, low, high in _periods(first, last, True):
+        cells: Any = select(*step_keys, func.sum(_SR.attempts), func.max(_SR.max_ms))
+        cells = cells.where(*_rolled(workflow_step_rollup, span, low, high, workflow))
+        for cell in conn.execute(cells.group_by(*step_keys)):
+            name, index, step, status, bucket = cell[:5]
+            count, longest = int(cell[5]), cell[6]
+            entry = steps[_label(name)]
+            if status == StepStatus.COMPLETED and bucket >= 0:
+                entry.durations[index, step][bucket_value(bucket)] += count
+            key = (_label(name), index, status)  # as the base tables count: the index's max name
+            known = named.get(key)
+            if known is not None:
+                step = max(step, known[0])
+                count += known[1]
+                longest = known[2] if longest is None else max(longest, known[2] or longest)
+            named[key] = (step, count, longest)
+    if first < last:  # nor are the attempts still running
+        running = select(_H.workflow_name, _S.step_index, func.max(_S.step_name), func.count())
+        running = running.select_from(_JOINED).where(
+            _S.status == rollups.ACTIVE_STEP_STATUS, *whole
+        )
+        for name, index, step, count in conn.execute(
+            running.group_by(_H.workflow_name, _S.step_index)
+        ):
+            key = (_label(name), index, rollups.ACTIVE_STEP_STATUS)
+            known = named.get(key)
+            named[key] = (
+                (max(step, known[0]), count + known[1], known[2]) if known else (step, count, None)
+            )
+    for (label, index, status), (step, count, longest) in named.items():
+        steps[label].counted((index, step), status, count, longest)
+    if first < last:
+        where = _step_window(conn, whole, whole_from, whole_to)
+        _read_failures(conn, where, whole_from, steps)
+    for window, low_at, high_at in edge_windows:
+        _count_steps(conn, window, low_at, high_at, 0, steps)
+    return runs, steps
+
+
+def _count_runs(
+    conn: Connection,
+    in_window: list[ColumnElement[bool]],
+    by: str | None,
+    trend: _Trend | None,
+    runs: _Runs | None = None,
+) -> _Runs:
+    """Outcomes and durations of the window's runs, per workflow, ``by`` group and interval."""
+    columns: list[ColumnElement[Any]] = [
+        _H.workflow_name, _H.status, _H.duration_ms, _H.started_at,
+    ]  # fmt: skip
     if by is not None:
         columns.append(_by_expression(by).label("by_value"))
-    runs = _Runs()
-    for workflow_name, status, duration_ms, *by_value in conn.execute(
+    runs = _Runs() if runs is None else runs
+    for workflow_name, status, duration_ms, started_at, *by_value in conn.execute(
         select(*columns).where(*in_window)
     ):
         name = _label(workflow_name)
-        runs.add(name, status, duration_ms)
+        value = None if duration_ms is None else float(duration_ms)
+        runs.add(name, status, value)
         if by_value:
-            runs.add((name, _label(by_value[0])), status, duration_ms)
+            runs.add((name, _label(by_value[0])), status, value)
+        if trend is not None and started_at is not None:
+            trend.add((name, trend.start_of(started_at)), status, value)
     return runs
 
 
-def _count_steps(
-    conn: Connection,
-    in_window: list[ColumnElement[bool]],
-    since: dt.datetime,
-    until: dt.datetime,
-    run_count: int,
-) -> defaultdict[str, _Steps]:
-    """The step attempts of the window's runs, per workflow: counts, errors, durations."""
+def _step_window(
+    conn: Connection, in_window: list[ColumnElement[bool]], since: dt.datetime, until: dt.datetime
+) -> list[ColumnElement[bool]]:
+    """The conditions that select the step attempts of the window's runs."""
     where = list(in_window)
     if conn.dialect.name == "postgresql":
         # PostgreSQL underestimates how many distinct run ids a large step table holds, so it
@@ -247,20 +548,44 @@ def _count_steps(
         writes = select(func.max(_H.updated_at), func.max(_H.completed_at)).where(*in_window)
         last = max([until, *(w for w in conn.execute(writes).one() if w is not None)])
         where += [_S.started_at >= since, _S.started_at <= last + _SLACK]
-    steps: defaultdict[str, _Steps] = defaultdict(_Steps)
-    for name, index, status, step, n in conn.execute(_COUNTED.where(*where)):
-        steps[_label(name)].statuses[index, step][status] += n
-    # The failed attempts, for their errors: few, read through the status index.
+    return where
+
+
+def _read_failures(
+    conn: Connection,
+    where: list[ColumnElement[bool]],
+    since: dt.datetime,
+    steps: defaultdict[str, _Steps],
+) -> None:
+    """The failed attempts per step and error type, with one message of each (the first in
+    sort order): read through the status index."""
     failed = [*where, _S.status == StepStatus.FAILED.value, _S.started_at >= since]
-    for name, index, step, error, message in conn.execute(_FAILED.where(*failed)):
-        steps[_label(name)].failed((index, step), error, message)
+    for name, index, step, error, n, message in conn.execute(_FAILED.where(*failed)):
+        steps[_label(name)].failed((index, step), error, message, n)
+
+
+def _count_steps(
+    conn: Connection,
+    in_window: list[ColumnElement[bool]],
+    since: dt.datetime,
+    until: dt.datetime,
+    run_count: int,
+    steps: defaultdict[str, _Steps] | None = None,
+) -> defaultdict[str, _Steps]:
+    """The step attempts of the window's runs, per workflow: counts, errors, durations (of a
+    sample of about :data:`MEDIAN_SAMPLE_RUNS` runs when *run_count* is above it)."""
+    where = _step_window(conn, in_window, since, until)
+    steps = defaultdict(_Steps) if steps is None else steps
+    for name, index, status, step, n, longest in conn.execute(_COUNTED.where(*where)):
+        steps[_label(name)].counted((index, step), status, n, longest)
+    _read_failures(conn, where, since, steps)
     timed = _TIMED.where(*where)
     if run_count > MEDIAN_SAMPLE_RUNS:  # about MEDIAN_SAMPLE_RUNS runs, scattered by id
         scrambled = cast(_H.id, BigInteger) * _SCRAMBLE % _SAMPLE_SPACE
         timed = timed.where(scrambled < _SAMPLE_SPACE * MEDIAN_SAMPLE_RUNS // run_count)
     for name, index, step, status, ms in conn.execute(timed):
         if status == StepStatus.COMPLETED and ms is not None:
-            steps[_label(name)].durations[index, step].append(float(ms))
+            steps[_label(name)].durations[index, step][float(ms)] += 1
     return steps
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from sqlalchemy import Row, Select, func, select
@@ -21,6 +22,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from exporters.db.engine import make_read_engine
 from exporters.db.schema import workflow_history, workflow_step_history
+from exporters.query.diff import BASELINE_RUNS, RunDiff, diff_runs, step_baselines
 from exporters.query.lookup import MIN_PREFIX_LENGTH, AmbiguousRunError, RunNotFoundError, find_run
 from exporters.query.records import (
     ActiveRun,
@@ -35,8 +37,9 @@ from exporters.query.records import (
     WorkflowStats,
 )
 from exporters.query.stats import compute_stats
+from exporters.query.where import where_conditions
 from instrumentation import redact
-from instrumentation.attributes import ACTIVE_RUN_STATUSES
+from instrumentation.attributes import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
 
 __all__ = [
     "MIN_PREFIX_LENGTH",
@@ -55,7 +58,9 @@ __all__ = [
 ]
 
 _ACTIVE = tuple(sorted(status.value for status in ACTIVE_RUN_STATUSES))
-_REDACTED_FIELDS = frozenset({"error_message", "error_stacktrace", "logs", "message", "metadata"})
+_REDACTED_FIELDS = frozenset(
+    {"error_message", "error_stacktrace", "input", "logs", "message", "metadata", "output"}
+)
 _H = workflow_history.c
 _S = workflow_step_history.c
 _SUMMARY_FIELDS = [f.name for f in dataclasses.fields(RunSummary)]
@@ -134,6 +139,7 @@ class HistoryStore:
         device_type: str | None = None,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
+        where: Mapping[str, str] | None = None,
         limit: int = 50,
     ) -> list[RunSummary]:
         """Return the runs matching every given filter, newest first.
@@ -146,10 +152,12 @@ class HistoryStore:
             device_type: the device type the run was about.
             since: only runs started at or after this time (naive means UTC).
             until: only runs started before this time (naive means UTC).
+            where: context keys and the text their values must have, all of them
+                (``{"rack": "7"}``; any key, indexed: see :mod:`exporters.query.where`).
             limit: the most runs to return.
 
         Raises:
-            ValueError: *limit* is not positive.
+            ValueError: *limit* is not positive, or a *where* key cannot be filtered on.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
@@ -168,6 +176,8 @@ class HistoryStore:
         if until is not None:
             query = query.where(_H.started_at < until)
         with self.engine.connect() as conn:
+            if where:
+                query = query.where(*where_conditions(conn, where))
             rows = _newest_rows(conn, query, limit, undated=since is None and until is None)
             return [RunSummary(**row._asdict()) for row in rows]
 
@@ -197,6 +207,7 @@ class HistoryStore:
         workflow: str | None = None,
         by: str | None = None,
         top: int = 5,
+        every: dt.timedelta | None = None,
     ) -> StatsReport:
         """Return run and step statistics per workflow for runs started in a window.
 
@@ -207,12 +218,17 @@ class HistoryStore:
             by: also split each workflow's runs by this column (``device_type``,
                 ``server_id``, ``workflow_id``, ``host``, ``service_name``) or context key.
             top: how many failing steps to list per workflow.
+            every: also give each workflow's runs per interval this long (its ``trend``:
+                runs by outcome, p50/p95 duration), e.g. ``timedelta(hours=1)``.
 
         Raises:
-            ValueError: *by* is not a column or a plain context key, or *top* is negative.
+            ValueError: *by* is not a column or a plain context key, *top* is negative, or
+                *every* is under a minute or makes more than 2,000 intervals.
         """
         with self.engine.connect() as conn:
-            return compute_stats(conn, since=since, until=until, workflow=workflow, by=by, top=top)
+            return compute_stats(
+                conn, since=since, until=until, workflow=workflow, by=by, top=top, every=every
+            )
 
     def get_run(self, ref: str) -> RunDetail:
         """Return one run with its steps.
@@ -227,6 +243,99 @@ class HistoryStore:
         columns = [_H[name] for name in _DETAIL_COLUMNS]
         with self.engine.connect() as conn:
             return self._detail(conn, *find_run(conn, ref.strip(), columns))
+
+    def finished_runs(
+        self,
+        *,
+        since: dt.datetime,
+        statuses: Sequence[str] = tuple(FINAL_RUN_STATUSES | {RunStatus.ABANDONED}),
+        workflow: str | None = None,
+        limit: int = 1000,
+    ) -> list[RunSummary]:
+        """Return the runs that ended at or after *since*, oldest ``completed_at`` first.
+
+        What ``flowtel notify`` follows: runs with one of *statuses* (by default every final
+        status and ``abandoned``) whose ``completed_at`` is not before *since*, ordered by
+        ``completed_at`` then ``run_id`` so that equal times keep one order.
+
+        Args:
+            since: the earliest end time (naive means UTC).
+            statuses: the statuses to include.
+            workflow: only runs of this workflow name.
+            limit: the most runs to return.
+
+        Raises:
+            ValueError: *limit* is not positive or *statuses* is empty.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        if not statuses:
+            raise ValueError("statuses must name at least one run status")
+        query = (
+            select(*(_H[name] for name in _SUMMARY_FIELDS))
+            .where(_H.status.in_([str(s) for s in statuses]), _H.completed_at >= since)
+            .order_by(_H.completed_at, _H.run_id)
+            .limit(limit)
+        )
+        if workflow is not None:
+            query = query.where(_H.workflow_name == workflow)
+        with self.engine.connect() as conn:
+            return [RunSummary(**row._asdict()) for row in conn.execute(query)]
+
+    def diff_runs(
+        self, ref_a: str | None, ref_b: str, *, baseline_runs: int = BASELINE_RUNS
+    ) -> RunDiff:
+        """Compare run *ref_b* with run *ref_a* (each resolved as :meth:`get_run` does).
+
+        With *ref_a* ``None``, *ref_b* is compared with the latest completed run of its
+        workflow started before it. Steps slower than their p95 over the workflow's last
+        *baseline_runs* completed runs are flagged (``StepSide.slow``).
+
+        Raises:
+            RunNotFoundError: a reference matches nothing, or *ref_a* is ``None`` and the
+                workflow has no earlier completed run.
+            AmbiguousRunError: a reference is a prefix of several run ids.
+        """
+        b = self.get_run(ref_b)
+        if ref_a is None:
+            ref_a = self.previous_completed_run(b.run_id)
+            if ref_a is None:
+                raise RunNotFoundError(
+                    f"no completed run of {b.workflow_name or b.workflow_id!r} started before "
+                    f"{b.run_id} to compare with; name both runs"
+                )
+        a = self.get_run(ref_a)
+        with self.engine.connect() as conn:
+            baselines, counted = step_baselines(conn, a.workflow_name, runs=baseline_runs)
+        return diff_runs(a, b, baselines, counted)
+
+    def previous_completed_run(self, run_id: str) -> str | None:
+        """The latest completed run of *run_id*'s workflow started before it, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_H.workflow_name, _H.started_at).where(_H.run_id == run_id)
+            ).first()
+            if row is None or row.started_at is None:
+                return None
+            query = (
+                select(_H.run_id)
+                .where(
+                    _H.workflow_name == row.workflow_name,
+                    _H.status == RunStatus.COMPLETED,
+                    _H.started_at < row.started_at,
+                )
+                .order_by(_H.started_at.desc(), _H.id.desc())
+                .limit(1)
+            )
+            found = conn.execute(query).scalar()
+            return None if found is None else str(found)
+
+    def step_baselines(
+        self, workflow: str | None, *, runs: int = BASELINE_RUNS
+    ) -> dict[str, float]:
+        """Each step's p95 duration in ms over *workflow*'s last *runs* completed runs."""
+        with self.engine.connect() as conn:
+            return step_baselines(conn, workflow, runs=runs)[0]
 
     def _detail(self, conn: Connection, row: Row[Any], matched_by: MatchedBy) -> RunDetail:
         steps_query = (
