@@ -5,17 +5,24 @@ interleaved (see :mod:`benchmarks.common`):
 
 1. **Committed spans per second**, on the same database: the spans of N workflows are recorded
    once with flowtel's API; then, round by round, (a) the in-process
-   ``WorkflowHistorySpanProcessor`` is handed them (``on_end``, then ``force_flush``) and (b)
+   ``WorkflowHistorySpanProcessor`` is handed them as the SDK hands them, each span's
+   ``on_start`` at its start and ``on_end`` at its end, then ``force_flush`` (the run's state
+   then folds its steps, as ingest's does), and (a') only their ``on_end`` (the figure this
+   benchmark gave before 2026-12-07: cheaper, since no run state is folded); and (b)
    they are encoded as OTLP protobuf (the SDK exporter's own encoder), posted to an in-process
-   ``flowtel ingest`` server in requests of 2048 spans, one at a time (as the shipped collector
-   configuration sends them: one queue consumer), each answered once committed. Figure:
-   ingest's spans/s ÷ in-process spans/s.
+   ``flowtel ingest`` server in requests of 2048 spans, each answered once committed: (b1) one
+   at a time (as the shipped collector configuration sends them: one queue consumer) and (b4)
+   four in flight (a collector with ``sending_queue.num_consumers: 4``: ingest decodes one
+   request while the writer commits another's rows; each is still answered only once its own
+   rows are committed). Figures: ingest's spans/s ÷ in-process spans/s, for each, against (a)
+   and against (a').
 2. **Worker's cost per step**: a fresh interpreter per measurement runs W workflows of S steps
    with ``configure()`` in database mode (SQLite, plus OTLP/HTTP export) and in collector mode
    (OTLP/HTTP export only, start signals); both export to a local OTLP sink that answers 200.
    Figure: collector mode's µs per step ÷ database mode's.
 
-Run: ``python3 -m benchmarks.bench_ingest [--db sqlite|postgresql|mysql] [--quick]``.
+Run: ``python3 -m benchmarks.bench_ingest [--db sqlite|postgresql|mysql] [--quick]
+[--throughput-only]`` (the last skips the second comparison).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -69,13 +77,25 @@ def record_spans(workflows: int, steps: int) -> list[ReadableSpan]:
     return list(exporter.get_finished_spans())
 
 
-def in_process(url: str, spans: list[ReadableSpan], spool: str) -> float:
+def sdk_order(spans: list[ReadableSpan]) -> list[tuple[bool, ReadableSpan]]:
+    """``(is start, span)`` in the order the SDK calls a processor: by time, a start before
+    an end at the same instant, ends in the order they were exported."""
+    calls = [(s.start_time or 0, 0, n, True, s) for n, s in enumerate(spans)]
+    calls += [(s.end_time or 0, 1, n, False, s) for n, s in enumerate(spans)]
+    return [(start, span) for *_, start, span in sorted(calls, key=lambda c: c[:3])]
+
+
+def in_process(url: str, spans: list[ReadableSpan], spool: str, starts: bool = True) -> float:
+    calls = sdk_order(spans) if starts else [(False, span) for span in spans]
     processor = WorkflowHistorySpanProcessor(
         make_engine(url), service_name="bench", spool_dir=spool, create_tables=False
     )
     started = time.perf_counter()
-    for span in spans:
-        processor.on_end(span)
+    for start, span in calls:
+        if start:
+            processor.on_start(span)  # type: ignore[arg-type]  # the SDK passes its Span
+        else:
+            processor.on_end(span)
     ok = processor.force_flush(120_000)
     elapsed = time.perf_counter() - started
     processor.shutdown()
@@ -83,23 +103,27 @@ def in_process(url: str, spans: list[ReadableSpan], spool: str) -> float:
     return len(spans) / elapsed
 
 
-def through_ingest(url: str, spans: list[ReadableSpan], spool: str) -> float:
+def through_ingest(url: str, spans: list[ReadableSpan], spool: str, in_flight: int = 1) -> float:
     bodies = [
         encode_spans(spans[i : i + REQUEST_SPANS]).SerializeToString()
         for i in range(0, len(spans), REQUEST_SPANS)
     ]
     sink = IngestSink(url, processor_options={"spool_dir": spool, "create_tables": False})
     server = IngestServer(sink, "127.0.0.1:0", max_body_bytes=64 * 2**20).start()
+
+    def post(body: bytes) -> None:
+        request = urllib.request.Request(
+            f"{server.url}/v1/traces",
+            data=body,
+            headers={"Content-Type": "application/x-protobuf"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200
+
     try:
         started = time.perf_counter()
-        for body in bodies:
-            request = urllib.request.Request(
-                f"{server.url}/v1/traces",
-                data=body,
-                headers={"Content-Type": "application/x-protobuf"},
-            )
-            with urllib.request.urlopen(request, timeout=120) as response:
-                assert response.status == 200
+        with ThreadPoolExecutor(in_flight) as senders:
+            list(senders.map(post, bodies))  # re-raises a sender's failure
         elapsed = time.perf_counter() - started
     finally:
         server.shutdown()
@@ -165,7 +189,7 @@ def worker_cost(mode: str, otlp: str, runs: int, steps: int, tmp: str) -> float:
     return float(json.loads(out.strip().splitlines()[-1])["us_per_step"])
 
 
-def run(backend: str = "sqlite", quick: bool = False) -> dict[str, Any]:
+def run(backend: str = "sqlite", quick: bool = False, worker: bool = True) -> dict[str, Any]:
     workflows, steps, rounds = (200, 10, 3) if quick else (1000, 23, 5)
     spans = record_spans(workflows, steps)
     url = database_url(backend, "ingest")
@@ -180,10 +204,34 @@ def run(backend: str = "sqlite", quick: bool = False) -> dict[str, Any]:
 
         return call
 
+    def four_in_flight(url: str, spans: list[ReadableSpan], spool: str) -> float:
+        return through_ingest(url, spans, spool, in_flight=4)
+
+    def ends_only(url: str, spans: list[ReadableSpan], spool: str) -> float:
+        return in_process(url, spans, spool, starts=False)
+
     throughput = interleave(
-        rounds, {"in_process": fresh(in_process), "ingest": fresh(through_ingest)}
+        rounds,
+        {
+            "in_process": fresh(in_process),
+            "in_process_ends_only": fresh(ends_only),
+            "ingest": fresh(through_ingest),
+            "ingest_4_in_flight": fresh(four_in_flight),
+        },
     )
     engine.dispose()
+    result: dict[str, Any] = {
+        "backend": backend,
+        "spans": len(spans),
+        "spans_per_s": {k: median(v) for k, v in throughput.items()},
+    }
+    for subject in ("ingest", "ingest_4_in_flight"):
+        for baseline in ("in_process", "in_process_ends_only"):
+            result[f"{subject}_vs_{baseline}"] = ratio_summary(
+                throughput[subject], throughput[baseline]
+            )
+    if not worker:
+        return result
 
     otlp_server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=otlp_server.serve_forever, daemon=True).start()
@@ -197,11 +245,7 @@ def run(backend: str = "sqlite", quick: bool = False) -> dict[str, Any]:
         },
     )
     otlp_server.shutdown()
-    return {
-        "backend": backend,
-        "spans": len(spans),
-        "spans_per_s": {k: median(v) for k, v in throughput.items()},
-        "ingest_vs_in_process": ratio_summary(throughput["ingest"], throughput["in_process"]),
+    return result | {
         "worker_us_per_step": {k: median(v) for k, v in cost.items()},
         "collector_vs_database_per_step": ratio_summary(cost["collector"], cost["database"]),
     }
@@ -211,8 +255,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql", "mysql"])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="skip the worker's cost per step"
+    )
     args = parser.parse_args()
-    print(json.dumps(run(args.db, args.quick), indent=2))
+    print(json.dumps(run(args.db, args.quick, worker=not args.throughput_only), indent=2))
 
 
 if __name__ == "__main__":
