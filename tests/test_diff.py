@@ -204,5 +204,58 @@ def test_run_page_links_to_the_comparison_with_the_last_good_run_which_shows_the
     assert "completed</span> → <span" in row and "failed" in row and "1 → 3" in row
     assert 'class="slow"' in row
     assert "error: none → TimeoutError: BMC did not answer" in text
-    assert "collect_logs <span class=\"dim\">(B only)</span>" in text
+    assert 'collect_logs <span class="dim">(B only)</span>' in text
     assert "<th>server_id</th><td>srv-0001 → srv-0002</td>" in text
+
+
+def io_history(engine: Engine) -> None:
+    """Two completed runs whose steps recorded inputs and outputs: ``select_machine`` the same in
+    both, ``setup_ipmi`` given another vlan, ``push_bios_settings`` returning another profile."""
+    ios = {
+        "io-a": [({"rack": "r1"}, {"machine": "m7"}), ({"vlan": 12}, {"bmc": "10.30.0.7"}),
+                 ({"machine": "m7"}, {"applied": "a1_default"})],
+        "io-b": [({"rack": "r1"}, {"machine": "m7"}), ({"vlan": 14}, {"bmc": "10.30.0.7"}),
+                 ({"machine": "m7"}, {"applied": "a1_sriov"})],
+    }  # fmt: skip
+    runs, steps = [], []
+    for hour, (run_id, values) in enumerate(ios.items()):
+        runs.append(run_row(run_id, started_at=T0 + dt.timedelta(hours=hour)))
+        for index, (name, (given, returned)) in enumerate(zip(STEPS, values, strict=True), start=1):
+            steps.append(step_row(run_id, index, name, input=given, output=returned))
+    add(engine, runs, steps)
+
+
+def test_diff_reports_the_steps_whose_recorded_input_or_output_changed(engine: Engine) -> None:
+    io_history(engine)
+    result = HistoryStore(engine).diff_runs("io-a", "io-b")
+    by_name = {step.step_name: step for step in result.steps}
+    same, ipmi, bios = (by_name[name] for name in STEPS)
+    assert not same.changed and not same.input_changed and not same.output_changed
+    assert ipmi.input_changed and not ipmi.output_changed and ipmi.changed
+    assert ipmi.a is not None and ipmi.b is not None
+    assert (ipmi.a.input, ipmi.b.input) == ({"vlan": 12}, {"vlan": 14})
+    assert bios.output_changed and not bios.input_changed and bios.changed
+    data = result.to_json()
+    assert data["steps"][2]["b"]["output"] == {"applied": "a1_sriov"}
+    assert data["steps"][2]["output_changed"] is True
+
+
+def test_flowtel_diff_and_the_compare_page_show_changed_inputs_and_outputs(
+    engine: Engine,
+) -> None:
+    io_history(engine)
+    result = invoke(engine, "io-a", "io-b")
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    notes = result.output[result.output.index("What else changed") :]
+    assert 'setup_ipmi: input\n  A  {"vlan": 12}\n  B  {"vlan": 14}' in notes
+    assert 'push_bios_settings: output\n  A  {"applied": "a1_default"}' in notes
+    assert "select_machine" not in notes
+    app = create_app(engine.url.render_as_string(hide_password=False))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        page = client.get("/runs/io-a/diff/io-b").text
+    app.state.flowtel.engine.dispose()
+    after = page[page.index('data-step="push_bios_settings"') :]
+    row = after.split('<tr class="detail">')[1].split("</tr>")[0]
+    assert "output: <code>{&#34;applied&#34;: &#34;a1_default&#34;}</code>" in row
+    assert "input:" not in row

@@ -5,7 +5,8 @@ with the latest completed run of its workflow started before it (the last good o
 named as ``flowtel show`` takes them (run id, unique prefix, workflow id). It prints the two
 runs, the context keys whose values differ, then one line per step: status, attempts and
 duration in A and B with the change, a mark on steps slower than their p95 over the
-workflow's last completed runs, and under the table the messages and errors that changed.
+workflow's last completed runs, and under the table the messages, errors, inputs and outputs
+that changed (inputs and outputs as recorded JSON, where a step records them).
 ``--json`` prints the whole comparison (``HistoryStore.diff_runs``).
 """
 
@@ -28,7 +29,7 @@ from exporters.cli._format import (
     text,
     truncate,
 )
-from exporters.query.diff import SLOW_MARK, RunDiff, StepChange, StepSide
+from exporters.query.diff import SLOW_MARK, RunDiff, StepChange, StepSide, recorded_text
 from exporters.query.error_types import short_error_type
 from exporters.query.store import AmbiguousRunError, RunNotFoundError
 
@@ -76,8 +77,7 @@ def _print(console: Console, result: RunDiff) -> None:
     console.print(_steps_table(result, console))
     notes = [line for step in result.steps for line in _step_notes(step, console.width)]
     if notes:
-        console.print(Group(Text("\nMessages and errors that changed", style="bold underline"),
-                            *notes))  # fmt: skip
+        console.print(Group(Text("\nWhat else changed", style="bold underline"), *notes))
     if result.only_in_a or result.only_in_b:
         console.print(Text("\nSteps in one run only", style="bold underline"))
         for label, names in (("A", result.only_in_a), ("B", result.only_in_b)):
@@ -169,6 +169,8 @@ def _step_notes(step: StepChange, width: int) -> list[Text]:
     for what, changed, before, after in (
         ("error", step.error_changed, _error(step.a), _error(step.b)),
         ("message", step.message_changed, step.a.message or _NONE, step.b.message or _NONE),
+        ("input", step.input_changed, recorded_text(step.a.input), recorded_text(step.b.input)),
+        ("output", step.output_changed, recorded_text(step.a.output), recorded_text(step.b.output)),
     ):
         if changed:
             notes.append(text(f"{step.step_name}: {what}", "bold"))

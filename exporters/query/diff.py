@@ -2,8 +2,10 @@
 
 :func:`diff_runs` pairs the steps of two runs by name (a step that ran several attempts is one
 entry: its last attempt's status, message and error, its attempt count and the time all its
-attempts took), and lists the status, attempt, duration, message and error changes, the steps
-only one run has, and the context keys whose values differ. :func:`step_baselines` gives each
+attempts took), and lists the status, attempt, duration, message, error, input and output
+changes, the steps only one run has, and the context keys whose values differ. Inputs and
+outputs are compared as recorded (redacted, bounded JSON); a step that recorded none has
+``None``. :func:`step_baselines` gives each
 step's p95 duration over a workflow's last completed runs (interpolated as ``percentile_cont``);
 a step whose time is above its baseline is flagged slow, in a diff and in ``flowtel show``.
 """
@@ -18,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from exporters.db.json import dumps_text
 from exporters.db.schema import workflow_history, workflow_step_history
 from exporters.query.records import Record, RunDetail, RunSummary, StepRecord
 from exporters.query.stats import percentile
@@ -32,6 +35,7 @@ __all__ = [
     "StepSide",
     "diff_runs",
     "last_completed_runs",
+    "recorded_text",
     "step_baselines",
     "summarise_steps",
 ]
@@ -58,6 +62,10 @@ class StepSide(Record):
     message: str | None
     error_type: str | None
     error_message: str | None
+    input: Any
+    """What the last attempt was given, as recorded (``None`` where nothing was recorded)."""
+    output: Any
+    """What the last attempt returned, as recorded (``None`` where nothing was recorded)."""
     slow: bool
     """Completed or failed after longer than the step's p95 over the workflow's last completed
     runs."""
@@ -75,6 +83,8 @@ class StepChange(Record):
     duration_change_ms: int | None
     message_changed: bool
     error_changed: bool
+    input_changed: bool
+    output_changed: bool
     baseline_p95_ms: float | None
 
     @property
@@ -87,6 +97,8 @@ class StepChange(Record):
             or self.attempts_changed
             or self.message_changed
             or self.error_changed
+            or self.input_changed
+            or self.output_changed
         )
 
 
@@ -176,6 +188,8 @@ def summarise_steps(
             message=last.message,
             error_type=last.error_type,
             error_message=last.error_message,
+            input=last.input,
+            output=last.output,
             slow=last.status in _TIMED and total is not None and p95 is not None and total > p95,
         )
     return sides
@@ -212,7 +226,9 @@ def _change(
     name: str, a: StepSide | None, b: StepSide | None, baselines: dict[str, float]
 ) -> StepChange:
     if a is None or b is None:
-        return StepChange(name, a, b, False, False, None, False, False, baselines.get(name))
+        return StepChange(
+            name, a, b, False, False, None, False, False, False, False, baselines.get(name)
+        )
     return StepChange(
         step_name=name,
         a=a,
@@ -222,8 +238,15 @@ def _change(
         duration_change_ms=_delta(a.duration_ms, b.duration_ms),
         message_changed=a.message != b.message,
         error_changed=(a.error_type, a.error_message) != (b.error_type, b.error_message),
+        input_changed=a.input != b.input,
+        output_changed=a.output != b.output,
         baseline_p95_ms=baselines.get(name),
     )
+
+
+def recorded_text(value: object) -> str:
+    """A step's recorded input or output as one line of JSON (keys sorted), ``-`` for none."""
+    return "-" if value is None else dumps_text(value, sort_keys=True)
 
 
 def _delta(a: int | None, b: int | None) -> int | None:

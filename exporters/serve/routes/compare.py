@@ -4,9 +4,9 @@
 run with the latest completed run of its workflow started before it. The pages
 ``/runs/{a}/diff/{b}`` and ``/runs/{run}/compare`` (linked from each run's page) draw the same
 comparison: the two runs, the context keys that differ, one row per step with its status,
-attempts and duration in each run and the change, slow steps marked, the errors and messages
-that changed. Runs are named as everywhere (id, unique prefix, workflow id); an unknown one is
-404, a run with no earlier completed run to compare with too.
+attempts and duration in each run and the change, slow steps marked, the errors, messages,
+inputs and outputs that changed. Runs are named as everywhere (id, unique prefix, workflow
+id); an unknown one is 404, a run with no earlier completed run to compare with too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from exporters.query.diff import RunDiff, StepSide
+from exporters.query.diff import RunDiff, StepSide, recorded_text
 from exporters.query.error_types import short_error_type
 from exporters.serve import views
 from exporters.serve.responses import page
@@ -60,6 +60,10 @@ def _page(request: Request, result: RunDiff) -> Response:
                 "change": _signed(step.duration_change_ms),
                 "a_error": _error(step.a),
                 "b_error": _error(step.b),
+                "a_input": recorded_text(step.a.input if step.a else None),
+                "b_input": recorded_text(step.b.input if step.b else None),
+                "a_output": recorded_text(step.a.output if step.a else None),
+                "b_output": recorded_text(step.b.output if step.b else None),
             }
         )
     return page(
