@@ -253,6 +253,31 @@ def test_runs_page_never_cuts_a_workflow_name_workflow_id_or_step(
         assert shown == whole and not cut, (whole, shown)
 
 
+def test_runs_page_at_1280_wraps_identifiers_only_between_words(laptop: Any, base_url: str) -> None:
+    """At 1280 px an identifier of up to 21 characters ("provision_server",
+    "verify_ipmi_reachable") sits on one line, and a longer one whose words each fit wraps only
+    after an underscore (each underscore-separated part is one unbroken box)."""
+    from selenium.webdriver.common.by import By
+
+    laptop.get(base_url + "/")
+    checked = 0
+    for cell in laptop.find_elements(By.CSS_SELECTOR, "table.runs td.ident"):
+        whole = cell.get_attribute("title") or ""
+        parts = [part for part in whole.split("_") if part]
+        if not parts or max(len(part) for part in parts) > 20:
+            continue  # a word wider than its cell may break anywhere: tested as never cut
+        boxes = laptop.execute_script(
+            "const r = document.createRange(); r.selectNodeContents(arguments[0]);"
+            "return [...r.getClientRects()].filter(b => b.width > 0).map(b => Math.round(b.top))",
+            cell,
+        )
+        assert len(boxes) == len(parts), (whole, boxes)  # no part broken inside a word
+        if len(whole) <= 21:
+            assert len(set(boxes)) == 1, (whole, boxes)  # one line
+        checked += 1
+    assert checked >= 10
+
+
 def test_run_page_with_a_long_error_fits_and_shows_it_whole(laptop: Any, base_url: str) -> None:
     """At 1280 px the run page needs no sideways scrolling and shows the whole error."""
     from selenium.webdriver.common.by import By

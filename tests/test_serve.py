@@ -275,6 +275,15 @@ def test_pages_render_runs_and_failures(client: TestClient) -> None:
     assert "provision_server" in stats.text
 
 
+def test_runs_list_identifiers_may_wrap_after_underscores_and_read_whole(
+    client: TestClient,
+) -> None:
+    """Identifiers carry a <wbr> after each underscore (a wrap opportunity, no character)."""
+    listing = client.get("/")
+    assert "provision_<wbr>server" in listing.text
+    assert "provision_server" in "".join(parse(listing.text).text)
+
+
 @pytest.mark.parametrize(
     "path",
     ["/", "/?status=failed", f"/runs/{HOSTILE}", f"/partials/runs/{HOSTILE}", "/partials/runs",
