@@ -499,3 +499,42 @@ def test_a_run_and_its_steps_written_in_one_statement_are_counted_once(engine: s
     if engine.dialect.name != "mysql":
         hourly = {k[4]: n for k, (n, _) in stored_rollups(engine)[1].items() if k[0] == 3600}
         assert hourly == {"a": 1, "b": 1}
+
+
+def test_a_failure_a_day_after_its_runs_start_at_a_windows_edge_is_counted_from_the_rollups(
+    engine: sa.Engine,
+) -> None:
+    """A window's partial first hour is read from the base tables, its failed attempts bounded by
+    the last write of that hour's runs: a run started in it whose step failed 29 hours later is
+    still counted, as the base tables count it."""
+    late = T0 + dt.timedelta(hours=29)
+    runs = [run_row("edge-late", status="failed", started_at=T0 + dt.timedelta(minutes=20),
+                    completed_at=late + dt.timedelta(minutes=5), duration_ms=103_500_000,
+                    updated_at=late + dt.timedelta(minutes=5))]  # fmt: skip
+    steps = [
+        step_row("edge-late", 1, "select_machine", started_at=T0 + dt.timedelta(minutes=20)),
+        step_row(
+            "edge-late",
+            2,
+            "burn_in",
+            status="failed",
+            started_at=late,
+            error_type="LateError",
+            error_message="burn-in failed",
+        ),
+    ]
+    for n in range(30):  # failures later in the window, through the same status index
+        started = T0 + dt.timedelta(hours=2 + n)
+        runs.append(run_row(f"later-{n}", status="failed", started_at=started,
+                            completed_at=started + _HOUR, updated_at=started + _HOUR))  # fmt: skip
+        steps.append(step_row(f"later-{n}", 2, "burn_in", status="failed", started_at=started,
+                              error_type="TimeoutError", error_message="no answer"))  # fmt: skip
+    add(engine, runs, steps)
+    window = {"since": T0 + dt.timedelta(minutes=17), "until": T0 + dt.timedelta(hours=40)}
+    rolled = "auto" if engine.dialect.name == "mysql" else "rollups"  # MariaDB keeps none
+    with engine.connect() as connection:
+        mine = compute_stats(connection, source=rolled, **window)
+        exact = compute_stats(connection, source="base", **window)
+    _compare(mine, exact)
+    (failing,) = mine.workflows[0].top_failing_steps
+    assert (failing.step_name, failing.failures) == ("burn_in", 31)

@@ -505,7 +505,7 @@ def _from_rollups(
         where = _step_window(conn, whole, whole_from, whole_to)
         _read_failures(conn, where, whole_from, steps)
     for window, low_at, high_at in edge_windows:
-        _count_steps(conn, window, low_at, high_at, 0, steps)
+        _count_steps(conn, window, low_at, high_at, 0, steps, edge=True)
     return runs, steps
 
 
@@ -545,10 +545,18 @@ def _step_window(
         # PostgreSQL underestimates how many distinct run ids a large step table holds, so it
         # would rather hash-join a full scan of it. A step starts after its run and before the
         # run's last write: bounding the steps' own start lets it use their started_at index.
-        writes = select(func.max(_H.updated_at), func.max(_H.completed_at)).where(*in_window)
-        last = max([until, *(w for w in conn.execute(writes).one() if w is not None)])
-        where += [_S.started_at >= since, _S.started_at <= last + _SLACK]
+        where += _steps_started_within(conn, in_window, since, until)
     return where
+
+
+def _steps_started_within(
+    conn: Connection, in_window: list[ColumnElement[bool]], since: dt.datetime, until: dt.datetime
+) -> list[ColumnElement[bool]]:
+    """Bounds on the start of the window's step attempts: not before *since*, not after its
+    runs' last write (plus the clock slack). One pass over the window's runs."""
+    writes = select(func.max(_H.updated_at), func.max(_H.completed_at)).where(*in_window)
+    last = max([until, *(w for w in conn.execute(writes).one() if w is not None)])
+    return [_S.started_at >= since, _S.started_at <= last + _SLACK]
 
 
 def _read_failures(
@@ -571,14 +579,23 @@ def _count_steps(
     until: dt.datetime,
     run_count: int,
     steps: defaultdict[str, _Steps] | None = None,
+    *,
+    edge: bool = False,
 ) -> defaultdict[str, _Steps]:
     """The step attempts of the window's runs, per workflow: counts, errors, durations (of a
-    sample of about :data:`MEDIAN_SAMPLE_RUNS` runs when *run_count* is above it)."""
+    sample of about :data:`MEDIAN_SAMPLE_RUNS` runs when *run_count* is above it). *edge*: the
+    window is a partial hour at the edge of a rollup read (few runs)."""
     where = _step_window(conn, in_window, since, until)
     steps = defaultdict(_Steps) if steps is None else steps
     for name, index, status, step, n, longest in conn.execute(_COUNTED.where(*where)):
         steps[_label(name)].counted((index, step), status, n, longest)
-    _read_failures(conn, where, since, steps)
+    failed = where
+    if edge and conn.dialect.name != "postgresql":
+        # The failed attempts are read through the status index, ordered by start: unbounded
+        # above, a partial hour at a window's edge would walk every later failure (90 days:
+        # 80 ms an edge, against 1 ms bounded by its runs' last write).
+        failed = where + _steps_started_within(conn, in_window, since, until)
+    _read_failures(conn, failed, since, steps)
     timed = _TIMED.where(*where)
     if run_count > MEDIAN_SAMPLE_RUNS:  # about MEDIAN_SAMPLE_RUNS runs, scattered by id
         scrambled = cast(_H.id, BigInteger) * _SCRAMBLE % _SAMPLE_SPACE
