@@ -59,7 +59,7 @@ Cells = dict[tuple[Any, ...], tuple[int, int | None]]
 
 
 def _periods(started: dt.datetime) -> list[tuple[int, int]]:
-    """(span, period) of the hour and the day holding *started*."""
+    """(span, period) of the hour, the day and the week holding *started*."""
     started = started if started.tzinfo else started.replace(tzinfo=dt.UTC)
     seconds = (started - _EPOCH) // dt.timedelta(seconds=1)
     return [(span, seconds // span) for span in SPANS]
@@ -67,7 +67,7 @@ def _periods(started: dt.datetime) -> list[tuple[int, int]]:
 
 def expected_rollups(engine: sa.Engine) -> tuple[Cells, Cells]:
     """Both rollups recomputed from the base tables: cell -> (count, longest duration), runs
-    and attempts in a final status only."""
+    and attempts in a final status only, failed attempts per error type."""
     with engine.connect() as connection:
         runs = connection.execute(sa.select(workflow_history)).mappings().all()
         steps = connection.execute(sa.select(workflow_step_history)).mappings().all()
@@ -93,9 +93,10 @@ def expected_rollups(engine: sa.Engine) -> tuple[Cells, Cells]:
         if step["run_id"] not in of_run or step["status"] == "running":
             continue
         periods, name = of_run[step["run_id"]]
+        error = (step["error_type"] or "") if step["status"] == "failed" else ""
         for period in periods:
             key = ("step", *period, name, step["step_index"], step["step_name"], step["status"])
-            count((*key, bucket_of(step["duration_ms"])), step["duration_ms"])
+            count((*key, error, bucket_of(step["duration_ms"])), step["duration_ms"])
     found = {k: (n, longest.get(k)) for k, n in cells.items()}
     return (
         {k[1:]: v for k, v in found.items() if k[0] == "run"},
@@ -110,7 +111,7 @@ def stored_rollups(engine: sa.Engine) -> tuple[Cells, Cells]:
         steps = connection.execute(sa.select(workflow_step_rollup)).all()
     return (
         {tuple(r[:5]): (int(r.runs), r.max_ms) for r in runs},
-        {tuple(r[:7]): (int(r.attempts), r.max_ms) for r in steps},
+        {tuple(r[:8]): (int(r.attempts), r.max_ms) for r in steps},
     )
 
 
@@ -319,18 +320,25 @@ def test_db_upgrade_from_0006_fills_the_rollups_from_stored_rows(empty_url: str)
         add(engine, runs, steps)
         result = CliRunner().invoke(db_command, ["upgrade", "--db", empty_url])
         assert result.exit_code == 0, result.output
-        assert "from 0006 to 0007" in result.output
+        assert f"from 0006 to {migrations.HEAD_REVISION}" in result.output
         assert_rollups_right(engine)
         assert check_schema(engine).matches
     finally:
         engine.dispose()
 
 
-def _seed_hours(engine: sa.Engine, runs_count: int = 400) -> None:
+_ERRORS = ("TimeoutError", "TimeoutError", "ValueError", "", None)
+_MESSAGES = ("no answer", "bad value", "", None)
+
+
+def _seed_hours(engine: sa.Engine, runs_count: int = 400, hours: int = 80) -> None:
+    """*runs_count* runs of two workflows started over *hours* hours from ``T0``, two steps
+    each in every status, failed ones with several error types (also empty or none) and
+    messages (also empty or none)."""
     rng = random.Random(11)
     runs, steps = [], []
     for n in range(runs_count):
-        started = T0 + dt.timedelta(seconds=rng.randint(0, 80 * 3600))
+        started = T0 + dt.timedelta(seconds=rng.randint(0, hours * 3600))
         status = rng.choices(("completed", "failed", "cancelled", "running"), (8, 2, 1, 1))[0]
         ms = None if status == "running" else int(rng.lognormvariate(11, 1))
         name = rng.choice(("provision_server", "decommission"))
@@ -338,9 +346,11 @@ def _seed_hours(engine: sa.Engine, runs_count: int = 400) -> None:
                             duration_ms=ms))  # fmt: skip
         for i in (1, 2):
             step_status = rng.choice(("completed", "completed", "failed", "retrying", "running"))
+            step_started = started + dt.timedelta(seconds=rng.randint(0, 3600))
             steps.append(step_row(f"r{n}", i, f"{name}_{i}", status=step_status,
-                                  duration_ms=int(rng.lognormvariate(8, 1.5)), started_at=started,
-                                  error_type="TimeoutError"))  # fmt: skip
+                                  duration_ms=int(rng.lognormvariate(8, 1.5)),
+                                  started_at=step_started, error_type=rng.choice(_ERRORS),
+                                  error_message=rng.choice(_MESSAGES)))  # fmt: skip
     add(engine, runs, steps)
 
 
@@ -459,7 +469,7 @@ def test_four_processes_writing_at_once_leave_postgresql_rollups_exact_without_e
             assert report["flushed"] and report["errors"] == []
             assert report["events_dropped"] == report["rows_spooled"] == 0
         assert_rollups_right(engine)
-        assert sum(n for n, _ in stored_rollups(engine)[0].values()) == 2 * 400  # hour + day
+        assert sum(n for n, _ in stored_rollups(engine)[0].values()) == len(SPANS) * 400
     finally:
         engine.dispose()
 
@@ -538,3 +548,140 @@ def test_a_failure_a_day_after_its_runs_start_at_a_windows_edge_is_counted_from_
     _compare(mine, exact)
     (failing,) = mine.workflows[0].top_failing_steps
     assert (failing.step_name, failing.failures) == ("burn_in", 31)
+
+
+@pytest.mark.parametrize("every", [None, dt.timedelta(days=1), dt.timedelta(days=7)])
+def test_stats_over_whole_weeks_read_from_rollups_match_the_base_tables(
+    engine: sa.Engine, every: dt.timedelta | None
+) -> None:
+    """A 35-day window holds whole weeks, read from the weekly cells (days and hours around
+    them): counts and failures per error type exact, percentiles within the bound."""
+    _seed_hours(engine, 500, hours=40 * 24)
+    since = T0 + dt.timedelta(days=2, minutes=17)
+    until = since + dt.timedelta(days=35, hours=5)
+    with engine.connect() as connection:
+        base = compute_stats(connection, since=since, until=until, every=every, source="base")
+        if engine.dialect.name == "mysql":
+            assert compute_stats(connection, since=since, until=until, every=every) == base
+            return
+        weekly = connection.execute(
+            sa.select(sa.func.sum(workflow_rollup.c.runs)).where(
+                workflow_rollup.c.span_s == 7 * 86400,
+                workflow_rollup.c.period * 7 * 86400 >= (since - _EPOCH).total_seconds(),
+            )
+        ).scalar()
+        rolled = compute_stats(connection, since=since, until=until, every=every,
+                               source="rollups")  # fmt: skip
+    assert weekly and weekly > 100  # whole weeks inside the window hold runs
+    assert sum(w.totals.runs for w in base.workflows) > 400
+    assert any(w.top_failing_steps for w in base.workflows)
+    _compare(rolled, base)
+
+
+def test_a_hand_written_update_of_a_failed_steps_error_type_moves_its_rollup_cell(
+    engine: sa.Engine,
+) -> None:
+    add(engine, [run_row("typed", status="failed")],
+        [step_row("typed", 1, "a", status="failed", error_type="OldError")])  # fmt: skip
+    with engine.begin() as connection:
+        connection.execute(sa.update(workflow_step_history).values(error_type="NewError"))
+    assert_rollups_right(engine)
+    if engine.dialect.name != "mysql":
+        errors = {k[6] for k in stored_rollups(engine)[1]}
+        assert errors == {"NewError"}
+
+
+def _make_rollups_as_revision_0007_left_them(engine: sa.Engine) -> None:
+    """The step rollup without its error type column, no weekly cells, recorded as 0007."""
+    with engine.begin() as connection:
+        from exporters.db import rollups
+
+        rollups.uninstall(connection)
+        workflow_step_rollup.drop(connection)
+        old = sa.MetaData()
+        columns = [
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable,
+                      autoincrement=False)
+            for c in workflow_step_rollup.columns
+            if c.name != "error_type"
+        ]  # fmt: skip
+        sa.Table(workflow_step_rollup.name, old, *columns, sqlite_with_rowid=False).create(
+            connection
+        )
+        connection.execute(sa.delete(workflow_rollup).where(workflow_rollup.c.span_s == 604800))
+        migrations.stamp(connection, "0007")
+
+
+def test_rollups_left_by_revision_0007_are_not_read_and_db_upgrade_rebuilds_them(
+    engine: sa.Engine,
+) -> None:
+    """Stats never read rollups without weeks and error types (the base tables answer), the
+    schema check does not block writes for it, and ``flowtel db upgrade`` makes the step
+    rollup again and refills both from the stored rows."""
+    _seed_hours(engine, 120)
+    _make_rollups_as_revision_0007_left_them(engine)
+    window = {"since": T0, "until": T0 + 90 * _HOUR}
+    with engine.connect() as connection:
+        assert not has_rollups(connection)
+        auto = compute_stats(connection, **window)
+        assert auto == compute_stats(connection, source="base", **window)
+    report = check_schema(engine)
+    assert ("workflow_step_rollup", "error_type") in {(d.table, d.name) for d in report.differences}
+    assert not report.blocking
+    result = CliRunner().invoke(db_command, ["upgrade", "--db", str(engine.url.render_as_string(
+        hide_password=False))])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "from 0007 to 0008" in result.output
+    assert check_schema(engine).matches
+    assert_rollups_right(engine)
+    with engine.connect() as connection:
+        assert has_rollups(connection) is (engine.dialect.name != "mysql")
+
+
+def test_downgrading_0008_to_0007_drops_the_rollups_stats_read_the_base_tables_and_rows_write(
+    empty_url: str,
+) -> None:
+    engine = make_engine(empty_url)
+    try:
+        migrations.upgrade(engine, backup=False)
+        _seed_hours(engine, 60)
+        downgrade(empty_url, "0007")
+        with engine.connect() as connection:
+            assert not sa.inspect(connection).has_table("workflow_step_rollup")
+            assert not has_rollups(connection)
+        add(engine, [run_row("after")], [step_row("after", 1, "a")])  # no trigger left behind
+        with engine.connect() as connection:
+            report = compute_stats(connection, since=T0, until=T0 + 90 * _HOUR)
+        assert sum(w.totals.runs for w in report.workflows) == 61
+        migrations.upgrade(engine, backup=False)
+        assert_rollups_right(engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_failing_steps_example_is_its_latest_message_of_that_error_type_on_either_path(
+    engine: sa.Engine,
+) -> None:
+    """The message shown is the latest failure's of that step and commonest error type, a
+    failure without a message passed over, another error type's never taken, read the same
+    from the rollups and from the base tables."""
+    failures = [("first", 1, "TimeoutError"), ("newest", 3, "TimeoutError"),
+                ("middle", 2, "TimeoutError"), ("", 4, "TimeoutError"),
+                (None, 5, "TimeoutError"), ("other type", 6, "OSError")]  # fmt: skip
+    runs, steps = [], []
+    for n, (message, hour, error) in enumerate(failures):
+        started = T0 + hour * _HOUR
+        runs.append(run_row(f"f{n}", status="failed", started_at=started))
+        steps.append(step_row(f"f{n}", 1, "burn_in", status="failed", started_at=started,
+                              error_type=error, error_message=message))  # fmt: skip
+    add(engine, runs, steps)
+    window = {"since": T0, "until": T0 + 10 * _HOUR}
+    rolled = "auto" if engine.dialect.name == "mysql" else "rollups"
+    with engine.connect() as connection:
+        for source in (rolled, "base"):
+            report = compute_stats(connection, source=source, **window)
+            (failing,) = report.workflows[0].top_failing_steps
+            assert (failing.error_type, failing.error_count, failing.failures) == (
+                "TimeoutError", 5, 6
+            )  # fmt: skip
+            assert failing.example_message == "newest"

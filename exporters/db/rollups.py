@@ -1,23 +1,25 @@
-"""Per-hour and per-day rollups of the history, kept by database triggers, that stats read.
+"""Hourly, daily and weekly rollups of the history, kept by database triggers, for stats.
 
-``workflow_rollup`` counts runs per period of their start — each run twice: in its UTC hour
-(``span_s`` 3600) and its UTC day (86400), ``period`` being whole periods since the epoch — per
-workflow name (``''`` for none), status and duration bucket; ``workflow_step_rollup`` counts
-step attempts the same way per period of their *run's* start, workflow, step index and name,
-status and duration bucket. A duration bucket is the index of the largest lower bound in
-``workflow_duration_bucket`` (:data:`BUCKET_LOWER_MS`: 0, then ``ceil(2^(k/8))`` ms) at or below
-the duration, ``-1`` when the row has none; a bucket is a count, so it adds and subtracts
-exactly, and a percentile read from the buckets (each bucket standing for its geometric middle,
-:func:`bucket_value`) is within :data:`RELATIVE_ERROR` (4.5 %) of the exact one. Each cell also
-keeps the longest duration it held (``max_ms``): exact while rows are only added, and after a
-deletion never more than its bucket's width (9 %) above the truth. Triggers on both history
-tables (insert, delete, and an update that changes a counted field: status, duration, start,
-workflow name, step index or name) subtract a row's old contribution and add its new one, so
-every writer — the in-process writer, ingest replicas, spool replay, the reaper, retention, a
-hand-written ``UPDATE`` — keeps them right; a step counts once its run row exists, and moves
-with the run. SQLite and PostgreSQL have them; MariaDB/MySQL do not (stats read the base
-tables there). :func:`install` creates the triggers and fills the rollups from the stored rows
-(migration ``0007`` and :func:`exporters.db.schema.create_schema` call it).
+``workflow_rollup`` counts runs per period of their start — each run three times: in its UTC
+hour (``span_s`` 3600), day (86400) and week (604800), ``period`` being whole periods since the
+epoch — per workflow name (``''`` for none), status and duration bucket;
+``workflow_step_rollup`` counts step attempts the same way per period of their *run's* start,
+workflow, step index and name, status, error type (a failed attempt's own, ``''`` for none and
+for every other status: revision 0008) and duration bucket. A duration bucket is the index of
+the largest lower bound in ``workflow_duration_bucket`` (:data:`BUCKET_LOWER_MS`: 0, then
+``ceil(2^(k/8))`` ms) at or below the duration, ``-1`` when the row has none; a bucket is a
+count, so it adds and subtracts exactly, and a percentile read from the buckets (each bucket
+standing for its geometric middle, :func:`bucket_value`) is within :data:`RELATIVE_ERROR`
+(4.5 %) of the exact one. Each cell also keeps the longest duration it held (``max_ms``): exact
+while rows are only added, and after a deletion never more than its bucket's width (9 %) above
+the truth. Triggers on both history tables (insert, delete, and an update that changes a
+counted field: status, duration, start, workflow name, step index or name, error type) subtract
+a row's old contribution and add its new one, so every writer — the in-process writer, ingest
+replicas, spool replay, the reaper, retention, a hand-written ``UPDATE`` — keeps them right; a
+step counts once its run row exists, and moves with the run. SQLite and PostgreSQL have them;
+MariaDB/MySQL do not (stats read the base tables there). :func:`install` creates the triggers
+and fills the rollups from the stored rows (migrations ``0007`` and ``0008`` and
+:func:`exporters.db.schema.create_schema` call it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ __all__ = [
     "ACTIVE_STEP_STATUS",
     "BUCKETS_TABLE",
     "BUCKET_LOWER_MS",
+    "ERROR_TYPE_COLUMN",
+    "FAILED_STEP_STATUS",
     "NO_DURATION",
     "RELATIVE_ERROR",
     "ROLLUP_DIALECTS",
@@ -50,9 +54,12 @@ __all__ = [
 ]
 
 RUN_ROLLUP = "workflow_rollup"
-"""Runs per hour and day, workflow, status and duration bucket."""
+"""Runs per hour, day and week, workflow, status and duration bucket."""
 STEP_ROLLUP = "workflow_step_rollup"
-"""Step attempts per hour and day of the run's start, workflow, step, status and bucket."""
+"""Step attempts per hour, day and week of the run's start, workflow, step, status, error
+type and bucket."""
+ERROR_TYPE_COLUMN = "error_type"
+"""The step rollup's column of a failed attempt's error type (revision 0008)."""
 BUCKETS_TABLE = "workflow_duration_bucket"
 """The lower bound (ms) of each duration bucket, read by the triggers."""
 ROLLUP_DIALECTS = frozenset({"sqlite", "postgresql"})
@@ -66,6 +73,8 @@ ACTIVE_RUN_STATUSES: tuple[str, ...] = tuple(
 index, so the writer's snapshots of a running run never touch a rollup."""
 ACTIVE_STEP_STATUS: str = attributes.StepStatus.RUNNING.value
 """Step attempts in this status are not in the rollups either."""
+FAILED_STEP_STATUS: str = attributes.StepStatus.FAILED.value
+"""Step attempts in this status are counted per error type too."""
 _RUN_COUNTS = "{row}.status NOT IN (" + ", ".join(f"'{s}'" for s in ACTIVE_RUN_STATUSES) + ")"
 _STEP_COUNTS = f"{{row}}.status <> '{ACTIVE_STEP_STATUS}'"
 
@@ -107,10 +116,11 @@ RELATIVE_ERROR: float = max(
 
 # --- SQL pieces, per dialect: the period of a row's start, and a duration's bucket ----------
 
-SPANS: tuple[int, ...] = (3600, 86400)
-"""The lengths (s) of the periods each row is counted in: its hour and its day (UTC)."""
+SPANS: tuple[int, ...] = (3600, 86400, 604800)
+"""The lengths (s) of the periods each row is counted in: its hour, day and week (UTC; weeks
+from the epoch, a Thursday). Ascending: a reader covers a window with the longest that fit."""
 _RUN_KEY = "(span_s, period, workflow_name, status, bucket)"
-_STEP_KEY = "(span_s, period, workflow_name, step_index, step_name, status, bucket)"
+_STEP_KEY = "(span_s, period, workflow_name, step_index, step_name, status, error_type, bucket)"
 
 
 def _period(dialect: str, started: str, span: int | str) -> str:
@@ -130,6 +140,15 @@ def _bucket(dialect: str, row: str) -> str:
     )
 
 
+def _error(row: str) -> str:
+    """The error type a step row is counted under: its own when it failed (``''`` for none),
+    ``''`` in any other status."""
+    return (
+        f"CASE WHEN {row}.status = '{FAILED_STEP_STATUS}' THEN COALESCE({row}.error_type, '') "
+        "ELSE '' END"
+    )
+
+
 def _greatest(dialect: str, table: str) -> str:
     if dialect == "postgresql":
         return f"GREATEST({table}.max_ms, EXCLUDED.max_ms)"
@@ -144,10 +163,10 @@ def _add_steps(d: str, started: str, name: str, run_id: str, when: str = "TRUE")
     return [
         f"INSERT INTO {STEP_ROLLUP} {_STEP_KEY[:-1]}, attempts, max_ms) "
         f"SELECT {span}, {_period(d, started, span)}, {name}, s.step_index, s.step_name, "
-        f"s.status, {_bucket(d, 's')}, COUNT(*), MAX(s.duration_ms) "
+        f"s.status, {_error('s')}, {_bucket(d, 's')}, COUNT(*), MAX(s.duration_ms) "
         f"FROM workflow_step_history s WHERE s.run_id = {run_id} AND {started} IS NOT NULL "
         f"AND {_STEP_COUNTS.format(row='s')} "
-        f"AND {when} GROUP BY s.step_index, s.step_name, s.status, 7 "
+        f"AND {when} GROUP BY s.step_index, s.step_name, s.status, 7, 8 "
         f"ON CONFLICT {_STEP_KEY} DO UPDATE SET attempts = {STEP_ROLLUP}.attempts + "
         f"excluded.attempts, max_ms = {_greatest(d, STEP_ROLLUP)}"
         for span in SPANS
@@ -158,10 +177,10 @@ def _subtract_steps(d: str, started: str, name: str, run_id: str, when: str = "T
     """Subtract every step row of *run_id* from (*started*'s periods, *name*), then drop the
     emptied cells."""
     grouped = (
-        f"SELECT step_index, step_name, status, {_bucket(d, 's')} AS bucket, "
-        f"COUNT(*) AS n FROM workflow_step_history s WHERE s.run_id = {run_id} "
-        f"AND {_STEP_COUNTS.format(row='s')} "
-        "GROUP BY step_index, step_name, status, 4"
+        f"SELECT step_index, step_name, status, {_error('s')} AS error_type, "
+        f"{_bucket(d, 's')} AS bucket, COUNT(*) AS n FROM workflow_step_history s "
+        f"WHERE s.run_id = {run_id} AND {_STEP_COUNTS.format(row='s')} "
+        "GROUP BY step_index, step_name, status, 4, 5"
     )
     statements = []
     for span in SPANS:
@@ -172,7 +191,7 @@ def _subtract_steps(d: str, started: str, name: str, run_id: str, when: str = "T
             f"AS g WHERE {cell} AND {when} "
             f"AND {STEP_ROLLUP}.step_index = g.step_index "
             f"AND {STEP_ROLLUP}.step_name = g.step_name AND {STEP_ROLLUP}.status = g.status "
-            f"AND {STEP_ROLLUP}.bucket = g.bucket",
+            f"AND {STEP_ROLLUP}.error_type = g.error_type AND {STEP_ROLLUP}.bucket = g.bucket",
             f"DELETE FROM {STEP_ROLLUP} WHERE {cell} AND attempts <= 0 AND {when}",
         ]
     return statements
@@ -191,7 +210,7 @@ _SQLITE_SPANS = "(" + " UNION ALL ".join(f"SELECT {span} AS span" for span in SP
 
 
 def _add_run(d: str, row: str) -> list[str]:
-    """Count the run *row* in its hour and its day: one statement (SQLite)."""
+    """Count the run *row* in its hour, day and week: one statement (SQLite)."""
     period = _period(d, f"{row}.started_at", "p.span")
     return [
         f"INSERT INTO {RUN_ROLLUP} {_RUN_KEY[:-1]}, runs, max_ms) "
@@ -218,18 +237,18 @@ def _step_cell(d: str, row: str, started: str, name: str, span: int) -> str:
     return (
         f"span_s = {span} AND period = {_period(d, started, span)} AND workflow_name = {name} "
         f"AND step_index = {row}.step_index AND step_name = {row}.step_name "
-        f"AND status = {row}.status AND bucket = {_bucket(d, row)} "
+        f"AND status = {row}.status AND error_type = {_error(row)} AND bucket = {_bucket(d, row)} "
         f"AND {_STEP_COUNTS.format(row=row)}"
     )
 
 
 def _add_step(d: str, row: str) -> list[str]:
-    """Count the step *row* in its run's hour and day: one statement (SQLite)."""
+    """Count the step *row* in its run's hour, day and week: one statement (SQLite)."""
     period = _period(d, "r.started_at", "p.span")
     return [
         f"INSERT INTO {STEP_ROLLUP} {_STEP_KEY[:-1]}, attempts, max_ms) "
         f"SELECT p.span, {period}, COALESCE(r.workflow_name, ''), {row}.step_index, "
-        f"{row}.step_name, {row}.status, {_bucket(d, row)}, 1, {row}.duration_ms "
+        f"{row}.step_name, {row}.status, {_error(row)}, {_bucket(d, row)}, 1, {row}.duration_ms "
         f"FROM workflow_history r, {_SQLITE_SPANS} WHERE r.run_id = {row}.run_id "
         f"AND {period} IS NOT NULL AND {_STEP_COUNTS.format(row=row)} "
         f"ON CONFLICT {_STEP_KEY} DO UPDATE SET attempts = {STEP_ROLLUP}.attempts + 1, "
@@ -249,7 +268,7 @@ def _subtract_step(d: str, row: str, started: str, name: str) -> list[str]:
 
 
 _RUN_COUNTED = ("status", "duration_ms", "started_at", "workflow_name")
-_STEP_COUNTED = ("status", "duration_ms", "step_index", "step_name", "run_id")
+_STEP_COUNTED = ("status", "duration_ms", "step_index", "step_name", "run_id", "error_type")
 _TRIGGERS = (
     ("workflow_rollup_run_insert", "workflow_history"),
     ("workflow_rollup_run_update", "workflow_history"),
@@ -319,7 +338,7 @@ _PG_PERIOD = "floor(extract(epoch FROM d.started_at) / p.span)::bigint"
 
 def _pg_apply(table: str, count: str, columns: tuple[str, ...], delta: str) -> list[str]:
     """Add the signed rows of *delta* (``started_at, workflow_name, <columns>, bucket, ms,
-    k``) to *table* in both periods, then drop the cells they emptied."""
+    k``) to *table* in each period, then drop the cells they emptied."""
     keys = ", ".join(f"d.{c}" for c in columns)
     cell = " AND ".join(f"r.{c} = c.{c}" for c in ("workflow_name", *columns, "bucket"))
     key_list = f"(span_s, period, workflow_name, {', '.join(columns)}, bucket)"
@@ -350,8 +369,9 @@ def _pg_runs(row: str, k: int, source: str, where: str = "TRUE") -> str:
 def _pg_steps_of_runs(row: str, k: int, source: str, where: str = "TRUE") -> str:
     return (
         f"SELECT {row}.started_at, COALESCE({row}.workflow_name, '') AS workflow_name, "
-        "s.step_index, s.step_name, s.status, workflow_duration_bucket_of(s.duration_ms) "
-        f"AS bucket, s.duration_ms AS ms, {k} AS k FROM {source} "
+        f"s.step_index, s.step_name, s.status, {_error('s')} AS error_type, "
+        "workflow_duration_bucket_of(s.duration_ms) AS bucket, "
+        f"s.duration_ms AS ms, {k} AS k FROM {source} "
         f"JOIN workflow_step_history s ON s.run_id = {row}.run_id WHERE {where} "
         f"AND {_STEP_COUNTS.format(row='s')}"
     )
@@ -360,7 +380,7 @@ def _pg_steps_of_runs(row: str, k: int, source: str, where: str = "TRUE") -> str
 def _pg_steps(row: str, k: int, source: str, where: str = "TRUE") -> str:
     return (
         "SELECT r.started_at, COALESCE(r.workflow_name, '') AS workflow_name, "
-        f"{row}.step_index, {row}.step_name, {row}.status, "
+        f"{row}.step_index, {row}.step_name, {row}.status, {_error(row)} AS error_type, "
         f"workflow_duration_bucket_of({row}.duration_ms) AS bucket, {row}.duration_ms AS ms, "
         f"{k} AS k FROM {source} JOIN workflow_history r ON r.run_id = {row}.run_id "
         f"WHERE {where} AND {_STEP_COUNTS.format(row=row)}"
@@ -381,7 +401,7 @@ def _pg_differ(columns: tuple[str, ...]) -> str:
 
 def _postgres_objects() -> list[str]:
     """Statement-level triggers over transition tables: one set-based statement per batch."""
-    step_columns = ("step_index", "step_name", "status")
+    step_columns = ("step_index", "step_name", "status", "error_type")
     runs_changed = _pg_differ(_RUN_COUNTED)
     moved = _pg_differ(("started_at", "workflow_name"))
     steps_changed = _pg_differ(_STEP_COUNTED)
@@ -471,10 +491,11 @@ def refill(connection: Connection) -> None:
             text(
                 f"INSERT INTO {STEP_ROLLUP} {_STEP_KEY[:-1]}, attempts, max_ms) SELECT {span}, "
                 f"{period}, COALESCE(h.workflow_name, ''), s.step_index, s.step_name, s.status, "
-                f"{_bucket(d, 's')}, COUNT(*), MAX(s.duration_ms) FROM workflow_history h "
-                f"JOIN workflow_step_history s ON s.run_id = h.run_id WHERE {period} IS NOT NULL "
-                f"AND {_STEP_COUNTS.format(row='s')} GROUP BY 2, 3, 4, 5, 6, 7 "
-                "ORDER BY 2, 3, 4, 5, 6, 7"  # stored by period, as the triggers store them
+                f"{_error('s')}, {_bucket(d, 's')}, COUNT(*), MAX(s.duration_ms) "
+                "FROM workflow_history h JOIN workflow_step_history s ON s.run_id = h.run_id "
+                f"WHERE {period} IS NOT NULL AND {_STEP_COUNTS.format(row='s')} "
+                # stored by period, as the triggers store them
+                "GROUP BY 2, 3, 4, 5, 6, 7, 8 ORDER BY 2, 3, 4, 5, 6, 7, 8"
             )
         )
 
@@ -511,7 +532,11 @@ def uninstall(connection: Connection) -> None:
 
 
 def has_rollups(connection: Connection) -> bool:
-    """Whether *connection*'s database keeps the rollups (revision 0007 on SQLite/PostgreSQL)."""
+    """Whether *connection*'s database keeps the rollups this module reads: revision 0008 on
+    SQLite and PostgreSQL (a database still at 0007 keeps neither weeks nor error types)."""
     if connection.dialect.name not in ROLLUP_DIALECTS:
         return False
-    return bool(inspect(connection).has_table(STEP_ROLLUP))
+    inspector = inspect(connection)
+    if not inspector.has_table(STEP_ROLLUP):
+        return False
+    return any(c["name"] == ERROR_TYPE_COLUMN for c in inspector.get_columns(STEP_ROLLUP))

@@ -250,9 +250,9 @@ workflow_rollup = Table(
     Column("max_ms", BigInteger),
     sqlite_with_rowid=False,  # stored in key order: a window is one range of the table
 )
-"""Runs per hour and per day of their start (``span_s`` 3600 or 86400; ``period``: periods since
-the epoch), workflow, status and duration bucket (revision 0007), kept by triggers on SQLite and
-PostgreSQL (:mod:`exporters.db.rollups`)."""
+"""Runs per hour, day and week of their start (``span_s`` 3600, 86400 or 604800; ``period``:
+periods since the epoch), workflow, status and duration bucket (revision 0007; weeks from 0008),
+kept by triggers on SQLite and PostgreSQL (:mod:`exporters.db.rollups`)."""
 
 workflow_step_rollup = Table(
     rollups.STEP_ROLLUP,
@@ -263,13 +263,21 @@ workflow_step_rollup = Table(
     Column("step_index", Integer, primary_key=True, autoincrement=False),
     Column("step_name", String(255), primary_key=True),
     Column("status", String(32), primary_key=True),
+    # revision 0008; shorter on MariaDB/MySQL (no trigger writes it there), whose keys are
+    # at most 3,072 bytes
+    Column(
+        "error_type",
+        String(255).with_variant(String(128), "mysql", "mariadb"),
+        primary_key=True,
+    ),
     Column("bucket", Integer, primary_key=True, autoincrement=False),
     Column("attempts", BigInteger, nullable=False),
     Column("max_ms", BigInteger),
     sqlite_with_rowid=False,
 )
-"""Step attempts per hour and per day of their run's start, workflow, step, status and
-duration bucket (revision 0007), kept by triggers on SQLite and PostgreSQL."""
+"""Step attempts per hour, day and week of their run's start, workflow, step, status, error type
+(failed attempts only, ``''`` otherwise) and duration bucket (revision 0007; weeks and error
+types from 0008), kept by triggers on SQLite and PostgreSQL."""
 
 ROLLUP_TABLES = frozenset({rollups.BUCKETS_TABLE, rollups.RUN_ROLLUP, rollups.STEP_ROLLUP})
 """Tables of revision 0007 whose absence blocks no write: stats read the base tables then."""

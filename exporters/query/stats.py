@@ -1,11 +1,13 @@
 """Statistics over a time window: per workflow, per step, per device type or context key.
 
-Where the database keeps the per-hour rollups (revision 0007 on SQLite and PostgreSQL, see
+Where the database keeps the rollups (revision 0008 on SQLite and PostgreSQL, see
 :mod:`exporters.db.rollups`) and the window holds at least :data:`EXACT_BELOW_RUNS` runs,
-:func:`compute_stats` sums the rollups over the window's whole hours and reads only the partial
-hours at its edges from the base tables: counts stay exact, percentiles come from duration
-buckets over every run and attempt (within 4.5 %), and a trend whose interval is a whole number
-of hours sums hours into intervals; failed attempts' errors still come from the base tables.
+:func:`compute_stats` sums the rollups over the window's whole weeks, days and hours (the
+longest periods that fit) and reads only the partial hours at its edges from the base tables:
+counts and failures per error type stay exact, percentiles come from duration buckets over every
+run and attempt (within 4.5 %), and a trend whose interval is a whole number of hours sums
+periods into intervals. The one message shown per failing step and error type is that of its
+latest failure in the window, read through the status index on either path.
 Otherwise (fewer runs, ``by`` splits, other intervals, MariaDB) it reads the runs started in
 ``[since, until)`` through the ``started_at`` index (run percentiles are exact, interpolated
 like PostgreSQL's ``percentile_cont``), then has the database count their step attempts by
@@ -27,11 +29,11 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from sqlalchemy import BigInteger, ColumnElement, cast, func, select, text
+from sqlalchemy import BigInteger, ColumnElement, case, cast, func, select, text
 from sqlalchemy.engine import Connection
 
 from exporters.db import rollups
-from exporters.db.rollups import bucket_value, has_rollups
+from exporters.db.rollups import BUCKET_LOWER_MS, SPANS, bucket_value, has_rollups
 from exporters.db.schema import (
     workflow_history,
     workflow_rollup,
@@ -84,8 +86,6 @@ MAX_TREND_POINTS = 2000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _HOUR = dt.timedelta(hours=1)
 _PG_WORK_MEM = "64MB"  # for the rest of the reader's transaction only (SET LOCAL)
-_DAY = dt.timedelta(days=1)
-_R, _SR = workflow_rollup.c, workflow_step_rollup.c
 _MIN_EVERY = dt.timedelta(minutes=1)
 _LEGACY_STATUSES = {"success": RunStatus.COMPLETED.value}  # the old system's word for completed
 _CONTEXT_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -100,8 +100,8 @@ _COUNTED = _COUNTED.select_from(_JOINED).group_by(*_COUNT_KEYS)
 _STEP = (_H.workflow_name, _S.step_index, _S.step_name)
 _TIMED = select(*_STEP, _S.status, _S.duration_ms).select_from(_JOINED)
 _FAILED_KEYS = (*_STEP, _S.error_type)
-_FAILED = select(*_FAILED_KEYS, func.count(), func.min(func.nullif(_S.error_message, "")))
-_FAILED = _FAILED.select_from(_JOINED).group_by(*_FAILED_KEYS)  # counted by the database
+_FAILED = select(*_FAILED_KEYS, func.count()).select_from(_JOINED).group_by(*_FAILED_KEYS)
+_BUCKET_VALUES = tuple(bucket_value(b) for b in range(len(BUCKET_LOWER_MS)))
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float | None:
@@ -243,15 +243,12 @@ class _Steps:
         self.statuses: defaultdict[tuple[int, str], Counter[str]] = defaultdict(Counter)
         self.durations: defaultdict[tuple[int, str], Counter[float]] = defaultdict(Counter)
         self.errors: defaultdict[tuple[int, str], Counter[str | None]] = defaultdict(Counter)
-        self.examples: dict[tuple[int, str, str | None], str] = {}
         self.longest: dict[tuple[int, str], float] = {}
 
-    def failed(
-        self, key: tuple[int, str], error: str | None, message: str | None, n: int = 1
-    ) -> None:
-        self.errors[key][error] += n
-        if message:
-            self.examples.setdefault((*key, error), message)
+    def failed(self, key: tuple[int, str], error: str | None, n: int) -> None:
+        """Count *n* failed attempts of the step *key* with the error type *error* (an empty
+        type counts as none, as the rollups store it)."""
+        self.errors[key][error or None] += n
 
     def counted(self, key: tuple[int, str], status: str, n: int, longest: Any) -> None:
         self.statuses[key][status] += n
@@ -276,12 +273,14 @@ class _Steps:
         return result
 
     def failing(self, top: int) -> list[FailingStep]:
+        """The *top* steps with the most failed attempts, each with its commonest error type
+        (ties: the first in sort order, none first); no example message yet."""
         ranked = sorted(self.errors.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
         result = []
         for key, errors in ranked[:top]:
-            error_type, count = errors.most_common(1)[0]
-            example = self.examples.get((*key, error_type))
-            result.append(FailingStep(*key, sum(errors.values()), error_type, count, example))
+            count = max(errors.values())
+            error_type = min((e for e, n in errors.items() if n == count), key=lambda e: e or "")
+            result.append(FailingStep(*key, sum(errors.values()), error_type, count, None))
         return result
 
 
@@ -348,6 +347,7 @@ def compute_stats(
         runs, steps = counted
     names = sorted(k for k in runs.statuses if isinstance(k, str))
     workflows = [_workflow(name, runs, steps[name], top) for name in names]
+    workflows = [_with_examples(conn, w, in_window, since, until) for w in workflows]
     if trend is not None:
         workflows = [
             dataclasses.replace(w, trend=trend.points(w.workflow_name, since, until))
@@ -374,7 +374,7 @@ def _rollups_serve(
     elif not has_rollups(conn):
         reason = (
             f"this {conn.dialect.name} database keeps no rollups (MariaDB/MySQL never do; "
-            "SQLite and PostgreSQL from revision 0007: run flowtel db upgrade)"
+            "SQLite and PostgreSQL from revision 0008: run flowtel db upgrade)"
         )
     if reason is not None and source == "rollups":
         raise ValueError(f"cannot read stats from the rollups: {reason}")
@@ -387,19 +387,35 @@ def _hours(when: dt.datetime) -> tuple[int, bool]:
     return whole, not rest
 
 
-def _periods(first: int, last: int, days: bool) -> list[tuple[int, int, int]]:
-    """The hours ``[first, last)`` as (span in s, first period, end period): whole days as
-    days where *days*, the hours around them as hours."""
-    if first >= last:
-        return []
-    start, end = -(-first // 24), last // 24
-    if not days or start >= end:
-        return [(3600, first, last)]
-    ranges = [(86400, start, end), (3600, first, start * 24), (3600, end * 24, last)]
-    return [(span, low, high) for span, low, high in ranges if low < high]
+def _periods(first: int, last: int, spans: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The hours ``[first, last)`` as (span in s, first period, end period) ranges, each part
+    in the longest of *spans* (ascending, seconds, the first an hour) whose whole periods fit:
+    weeks in the middle, days and then hours towards the edges."""
+
+    def cover(low: int, high: int, level: int) -> list[tuple[int, int, int]]:
+        if low >= high:
+            return []
+        span = spans[level]
+        if level == 0:
+            return [(span, low // span, high // span)]
+        start, end = -(-low // span), high // span
+        if start >= end:
+            return cover(low, high, level - 1)
+        middle = [(span, start, end)]
+        return cover(low, start * span, level - 1) + middle + cover(end * span, high, level - 1)
+
+    return cover(first * 3600, last * 3600, len(spans) - 1)
+
+
+def _spans_of(every_s: int | None) -> list[int]:
+    """The rollup periods a trend of intervals *every_s* long may sum: those its intervals
+    hold whole (all of them without a trend)."""
+    return [span for span in SPANS if every_s is None or not every_s % span]
 
 
 def _rolled(table: Any, span: int, low: int, high: int, workflow: str | None) -> list[Any]:
+    """The conditions selecting *table*'s cells of one period range (a range of its primary
+    key; a query per range groups fewer rows at once than one query over them all)."""
     where = [table.c.span_s == span, table.c.period >= low, table.c.period < high]
     if workflow is not None:
         where.append(table.c.workflow_name == workflow)
@@ -429,18 +445,18 @@ def _from_rollups(
     runs, steps = _Runs(), defaultdict[str, _Steps](_Steps)
     if conn.dialect.name == "postgresql":  # sort a window's cells in memory, not on disk
         conn.execute(text(f"SET LOCAL work_mem = '{_PG_WORK_MEM}'"))
-    by_day = trend is None or not trend.every % _DAY  # a trend's intervals hold whole periods
     every_s = None if trend is None else int(trend.every.total_seconds())
-    for span, low, high in _periods(first, last, by_day):
-        keys: list[Any] = [_R.workflow_name, _R.status, _R.bucket]
+    r = workflow_rollup.c
+    for span, low, high in _periods(first, last, _spans_of(every_s)):
+        keys: list[Any] = [r.workflow_name, r.status, r.bucket]
         if every_s is not None:
-            keys.append(((_R.period * _R.span_s) // every_s).label("interval"))
-        query = select(*keys, func.sum(_R.runs), func.max(_R.max_ms))
+            keys.append(((r.period * r.span_s) // every_s).label("interval"))
+        query = select(*keys, func.sum(r.runs), func.max(r.max_ms))
         query = query.where(*_rolled(workflow_rollup, span, low, high, workflow))
         for name, status, bucket, *rest in conn.execute(query.group_by(*keys)):
             *interval, n, longest = rest
             name, n = _label(name), int(n)
-            value = None if bucket < 0 else bucket_value(bucket)
+            value = None if bucket < 0 else _BUCKET_VALUES[bucket]
             top = None if longest is None or value is None else float(longest)
             runs.add(name, status, value, n, top)
             if trend is not None:
@@ -469,17 +485,25 @@ def _from_rollups(
     if runs.count < EXACT_BELOW_RUNS and not insist:
         return None
     named: dict[tuple[str, int, str], tuple[str, int, float | None]] = {}
-    step_keys = (_SR.workflow_name, _SR.step_index, _SR.step_name, _SR.status, _SR.bucket)
-    for span, low, high in _periods(first, last, True):
-        cells: Any = select(*step_keys, func.sum(_SR.attempts), func.max(_SR.max_ms))
+    c = workflow_step_rollup.c
+    completed, failed = StepStatus.COMPLETED.value, StepStatus.FAILED.value
+    timed = case((c.status == completed, c.bucket), else_=rollups.NO_DURATION).label("bucket")
+    step_keys = (c.workflow_name, c.step_index, c.step_name, c.status, c.error_type, timed)
+    for span, low, high in _periods(first, last, SPANS):
+        cells: Any = select(*step_keys, func.sum(c.attempts), func.max(c.max_ms))
         cells = cells.where(*_rolled(workflow_step_rollup, span, low, high, workflow))
-        for cell in conn.execute(cells.group_by(*step_keys)):
-            name, index, step, status, bucket = cell[:5]
-            count, longest = int(cell[5]), cell[6]
-            entry = steps[_label(name)]
-            if status == StepStatus.COMPLETED and bucket >= 0:
-                entry.durations[index, step][bucket_value(bucket)] += count
-            key = (_label(name), index, status)  # as the base tables count: the index's max name
+        for name, index, step, status, error, bucket, count, longest in conn.execute(
+            cells.group_by(*step_keys)  # durations of completed attempts only: fewer groups
+        ):
+            label = _label(name)
+            entry = steps[label]
+            count = int(count)
+            if status == completed:
+                if bucket >= 0:
+                    entry.durations[index, step][_BUCKET_VALUES[bucket]] += count
+            elif status == failed:
+                entry.failed((index, step), error, count)
+            key = (label, index, status)  # as the base tables count: the index's max name
             known = named.get(key)
             if known is not None:
                 step = max(step, known[0])
@@ -501,9 +525,6 @@ def _from_rollups(
             )
     for (label, index, status), (step, count, longest) in named.items():
         steps[label].counted((index, step), status, count, longest)
-    if first < last:
-        where = _step_window(conn, whole, whole_from, whole_to)
-        _read_failures(conn, where, whole_from, steps)
     for window, low_at, high_at in edge_windows:
         _count_steps(conn, window, low_at, high_at, 0, steps, edge=True)
     return runs, steps
@@ -565,11 +586,61 @@ def _read_failures(
     since: dt.datetime,
     steps: defaultdict[str, _Steps],
 ) -> None:
-    """The failed attempts per step and error type, with one message of each (the first in
-    sort order): read through the status index."""
+    """The failed attempts per step and error type: read through the status index."""
     failed = [*where, _S.status == StepStatus.FAILED.value, _S.started_at >= since]
-    for name, index, step, error, n, message in conn.execute(_FAILED.where(*failed)):
-        steps[_label(name)].failed((index, step), error, message, n)
+    for name, index, step, error, n in conn.execute(_FAILED.where(*failed)):
+        steps[_label(name)].failed((index, step), error, n)
+
+
+def _with_examples(
+    conn: Connection,
+    stats: WorkflowStats,
+    in_window: list[ColumnElement[bool]],
+    since: dt.datetime,
+    until: dt.datetime,
+) -> WorkflowStats:
+    """*stats* with each failing step's example: the message of the latest failure of that
+    step and error type among the window's runs (a message-less failure is passed over).
+
+    One query per failing step, walking the status index down from the window's end (plus
+    the clock slack) and stopping at the first match; only when that finds none (a failure
+    that started over a day after the window) does it walk on unbounded."""
+    if not stats.top_failing_steps:
+        return stats
+    name = stats.workflow_name
+    named = (
+        (_H.workflow_name.is_(None) | _H.workflow_name.in_(("", NO_VALUE)))
+        if name == NO_VALUE
+        else _H.workflow_name == name
+    )
+    failing = []
+    for step in stats.top_failing_steps:
+        error = (
+            (_S.error_type.is_(None) | (_S.error_type == ""))
+            if step.error_type is None
+            else _S.error_type == step.error_type
+        )
+        latest = (
+            select(_S.error_message)
+            .select_from(_JOINED)
+            .where(
+                *in_window,
+                named,
+                error,
+                _S.status == StepStatus.FAILED.value,
+                _S.started_at >= since,
+                _S.step_index == step.step_index,
+                _S.step_name == step.step_name,
+                func.coalesce(_S.error_message, "") != "",
+            )
+            .order_by(_S.started_at.desc(), _S.id.desc())
+            .limit(1)
+        )
+        message = conn.execute(latest.where(_S.started_at <= until + _SLACK)).scalar()
+        if message is None:
+            message = conn.execute(latest).scalar()
+        failing.append(dataclasses.replace(step, example_message=message))
+    return dataclasses.replace(stats, top_failing_steps=failing)
 
 
 def _count_steps(

@@ -51,7 +51,7 @@ SCRIPT_LOCATION = Path(__file__).resolve().parent
 """The Alembic environment (``env.py``, ``versions/``) inside the installed package."""
 VERSION_TABLE = "flowtel_schema_version"
 """The table holding the database's revision."""
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 """The newest revision (a test checks it against ``versions/``; update both together)."""
 NOTES_KEY = "flowtel.notes"
 """``Config.attributes`` key of the list revisions append human-readable notes to."""

@@ -44,6 +44,8 @@ def type_holds(expected: TypeEngine[Any], live: TypeEngine[Any], dialect: str) -
         live: the type reflected from the database.
         dialect: the dialect's name (``sqlite``, ``postgresql``, ``mysql``, ``mariadb``).
     """
+    # A type with a variant for this dialect (``with_variant``) is that variant there.
+    expected = getattr(expected, "_variant_mapping", {}).get(dialect, expected)
     kind, sqlite = _kind(expected), dialect == "sqlite"
     textual = isinstance(live, (sa.String, sa.types.NullType))
     if kind == "json":

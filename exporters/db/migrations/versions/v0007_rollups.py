@@ -36,9 +36,10 @@ def upgrade() -> None:
     rollups.install(bind)
     config = op.get_context().config
     if config is not None and bind.dialect.name in rollups.ROLLUP_DIALECTS:
-        runs = bind.execute(sa.select(sa.func.sum(workflow_rollup.c.runs))).scalar() or 0
+        hours = workflow_rollup.c.span_s == rollups.SPANS[0]  # each run once
+        runs = bind.execute(sa.select(sa.func.sum(workflow_rollup.c.runs)).where(hours)).scalar()
         config.attributes.setdefault(NOTES_KEY, []).append(
-            f"stats rollups built from {runs} runs: flowtel stats and trends read them"
+            f"stats rollups built from {runs or 0} runs: flowtel stats and trends read them"
         )
 
 
