@@ -1,17 +1,23 @@
 """What stats and trends cost from the rollups, against the same calls on the base tables.
 
 Run: ``python benchmarks/bench_trends.py [--runs 200000] [--days 60] [--postgres URL]
-[--rounds 15] [--base-rounds 5]``. It loads ``--runs`` synthetic runs (about 23 step rows
-each, the generator and loader of :mod:`benchmarks.bench_history_queries`) spread over
-``--days`` into a SQLite file and, with ``--postgres``, into ``flowtel_bench_history`` on that
-server (made anew), builds the rollups as ``flowtel db upgrade`` does (revision 0007; the time
-it takes is printed), then times in interleaved rounds ``compute_stats`` over the last 7 days,
-the same with ``every=1h``, and the last 90 days with ``every=1d``, each read from the base
-tables (the baseline: the stats before the rollups; only ``--base-rounds`` rounds, they take
-seconds) and from the rollups. It prints p50/p95 in milliseconds and each case's ratio to the
-base tables' 7-day p50; nothing is asserted. The issue's target (7 days ≤ 100 ms and 90 days
-≤ 300 ms p95 at 1,000,000 runs) needs ``--runs 1000000 --days 365``, which takes a while to
-load.
+[--rounds 15] [--base-rounds 5] [--no-base] [--sqlite-file PATH] [--keep] [--reuse
+[--rebuild-rollups]]``. It
+loads ``--runs`` synthetic runs (about 23 step rows each, the generator and loader of
+:mod:`benchmarks.bench_history_queries`) spread over ``--days`` into a SQLite file and, with
+``--postgres``, into ``flowtel_bench_history`` on that server (made anew), builds the rollups
+as ``flowtel db upgrade`` does (the time it takes is printed), then times in interleaved
+rounds ``compute_stats`` over the last 7 days, the same with ``every=1h``, and the last 90
+days with ``every=1d``, each read from the base tables (the baseline: the stats before the
+rollups; only ``--base-rounds`` rounds, they take seconds) and from the rollups, and the last
+90 days without a trend from the rollups. It prints p50/p95 in milliseconds and each case's
+ratio to the first case's p50 (the base tables' 7-day stats, or with ``--no-base`` the
+rollups'); nothing is asserted. The issue's target (7 days ≤ 100 ms and 90 days ≤ 300 ms p95
+at 1,000,000 runs) needs ``--runs 1000000 --days 365``, which takes a while to load (about 13
+minutes into PostgreSQL and 8 more to build its rollups here): ``--keep`` keeps the loaded
+databases (the SQLite file at ``--sqlite-file``) and ``--reuse`` measures them again without
+loading, their rollups as they are unless ``--rebuild-rollups`` (after a change of their
+layout).
 """
 
 from __future__ import annotations
@@ -30,18 +36,36 @@ import sqlalchemy as sa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_history_queries import create_indexes, create_tables, load, recreate_database
+from benchmarks.bench_history_queries import (
+    BENCH_DB as SERVER_DB,
+)
+from benchmarks.bench_history_queries import (
+    create_indexes,
+    create_tables,
+    load,
+    recreate_database,
+)
 from benchmarks.history_data import generate
 from exporters.db import rollups
 from exporters.db.engine import make_engine
-from exporters.db.schema import workflow_duration_bucket, workflow_rollup, workflow_step_rollup
+from exporters.db.schema import (
+    workflow_duration_bucket,
+    workflow_history,
+    workflow_rollup,
+    workflow_step_rollup,
+)
 from exporters.query.stats import compute_stats
 
 BENCH_DB = "flowtel_bench_trends"  # the SQLite file's name; PostgreSQL: flowtel_bench_history
 
 
-def cases(engine: sa.Engine) -> dict[str, Callable[[], Any]]:
-    """The calls timed: the base tables' 7-day stats first (the baseline)."""
+def server_database(server: str) -> str:
+    """The URL of the kept ``flowtel_bench_history`` database on the *server* URL."""
+    return sa.make_url(server).set(database=SERVER_DB).render_as_string(hide_password=False)
+
+
+def cases(engine: sa.Engine, base: bool = True) -> dict[str, Callable[[], Any]]:
+    """The calls timed: the base tables' 7-day stats first (the baseline) unless not *base*."""
     now = dt.datetime.now(dt.UTC)
     week, quarter = now - dt.timedelta(days=7), now - dt.timedelta(days=90)
     hour, day = dt.timedelta(hours=1), dt.timedelta(days=1)
@@ -53,16 +77,18 @@ def cases(engine: sa.Engine) -> dict[str, Callable[[], Any]]:
 
         return call
 
+    sources = ("base", "rollups") if base else ("rollups",)
     return (
-        {f"stats 7d {source}": stats(since=week, source=source) for source in ("base", "rollups")}
+        {f"stats 7d {source}": stats(since=week, source=source) for source in sources}
         | {
             f"stats 7d --every 1h {source}": stats(since=week, every=hour, source=source)
-            for source in ("base", "rollups")
+            for source in sources
         }
         | {
             f"stats 90d --every 1d {source}": stats(since=quarter, every=day, source=source)
-            for source in ("base", "rollups")
+            for source in sources
         }
+        | {"stats 90d rollups": stats(since=quarter, source="rollups")}
     )
 
 
@@ -82,13 +108,15 @@ def build_rollups(url: str) -> float:
     return time.perf_counter() - started
 
 
-def measure(url: str, rounds: int, base_rounds: int) -> dict[str, dict[str, float]]:
+def measure(
+    url: str, rounds: int, base_rounds: int, base: bool = True
+) -> dict[str, dict[str, float]]:
     """p50/p95 (ms) of each case over *rounds* interleaved rounds, and its ratio to the
     baseline's p50."""
     engine = make_engine(url)
     timed: dict[str, list[float]] = {}
     try:
-        calls = cases(engine)
+        calls = cases(engine, base)
         for call in calls.values():
             call()  # warm the cache and the plans
         for round_ in range(rounds):
@@ -118,31 +146,45 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="PostgreSQL server URL")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--base-rounds", type=int, default=5, help="rounds of the base cases")
+    parser.add_argument("--no-base", action="store_true", help="time the rollups only")
+    parser.add_argument(
+        "--sqlite-file", default=os.path.join(tempfile.gettempdir(), f"{BENCH_DB}.db")
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the loaded databases")
+    parser.add_argument("--reuse", action="store_true", help="measure databases kept before")
+    parser.add_argument("--rebuild-rollups", action="store_true", help="with --reuse")
     args = parser.parse_args()
-    path = os.path.join(tempfile.gettempdir(), f"{BENCH_DB}.db")
-    if os.path.exists(path):
+    path = args.sqlite_file
+    if os.path.exists(path) and not args.reuse:
         os.remove(path)
     urls = [f"sqlite:///{path}"]
     pg_url = None
     if args.postgres:
-        pg_url = recreate_database(args.postgres)
+        pg_url = server_database(args.postgres) if args.reuse else recreate_database(args.postgres)
         urls.append(pg_url)
+    if not args.reuse:
+        for url in urls:
+            create_tables(url)
+        load(generate(args.runs, args.days, time.time()), path, pg_url, None, args.runs)
     for url in urls:
-        create_tables(url)
-    load(generate(args.runs, args.days, time.time()), path, pg_url, None, args.runs)
-    for url in urls:
-        create_indexes(url)
-        print(f"{url.split(':')[0]}: rollups built in {build_rollups(url):.1f} s")
+        if not args.reuse:
+            create_indexes(url)
+        if args.rebuild_rollups or not args.reuse:
+            print(f"{url.split(':')[0]}: rollups built in {build_rollups(url):.1f} s")
     try:
         for url in urls:
-            print(f"\n{url.split(':')[0]}: {args.runs:,} runs over {args.days:g} days")
-            for name, figures in measure(url, args.rounds, args.base_rounds).items():
+            with make_engine(url).connect() as connection:
+                held = connection.execute(sa.select(sa.func.count()).select_from(workflow_history))
+                print(f"\n{url.split(':')[0]}: {held.scalar():,} runs")
+            timed = measure(url, args.rounds, args.base_rounds, not args.no_base)
+            for name, figures in timed.items():
                 print(
                     f"  {name:30} p50 {figures['p50_ms']:8.1f} ms  p95 {figures['p95_ms']:8.1f} ms"
                     f"  {figures['x_baseline_p50']:.2f}x the baseline"
                 )
     finally:
-        os.remove(path)
+        if not args.keep:
+            os.remove(path)
 
 
 if __name__ == "__main__":

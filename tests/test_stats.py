@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,17 @@ def test_percentile_interpolates_like_percentile_cont(
 ) -> None:
     """Linear interpolation between the closest ranks, as PostgreSQL's percentile_cont."""
     assert percentile(values, fraction) == pytest.approx(expected)
+
+
+def test_median_and_p95_of_counted_values_equal_percentile_of_the_values_written_out() -> None:
+    """The rollups' and trends' percentiles come from value -> count multisets: the same
+    interpolation as :func:`percentile` over every value repeated its count."""
+    rng = random.Random(5)
+    for _ in range(2000):
+        values = [float(rng.randint(0, rng.choice([1, 3, 50]))) for _ in range(rng.randint(1, 40))]
+        expected = (percentile(sorted(values), 0.5), percentile(sorted(values), 0.95))
+        assert stats._median_and_p95(Counter(values)) == pytest.approx(expected)
+    assert stats._median_and_p95(Counter()) == (None, None)
 
 
 def test_percentile_rejects_a_fraction_outside_0_1() -> None:

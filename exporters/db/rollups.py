@@ -1,8 +1,8 @@
-"""Hourly, daily and weekly rollups of the history, kept by database triggers, for stats.
+"""Hourly to weekly rollups of the history, kept by database triggers, for fast stats.
 
-``workflow_rollup`` counts runs per period of their start — each run three times: in its UTC
-hour (``span_s`` 3600), day (86400) and week (604800), ``period`` being whole periods since the
-epoch — per workflow name (``''`` for none), status and duration bucket;
+``workflow_rollup`` counts runs per period of their start — each run four times: in its UTC
+hour (``span_s`` 3600), quarter day (21600), day (86400) and week (604800), ``period`` being
+whole periods since the epoch — per workflow name (``''`` for none), status and duration bucket;
 ``workflow_step_rollup`` counts step attempts the same way per period of their *run's* start,
 workflow, step index and name, status, error type (a failed attempt's own, ``''`` for none and
 for every other status: revision 0008) and duration bucket. A duration bucket is the index of
@@ -54,10 +54,10 @@ __all__ = [
 ]
 
 RUN_ROLLUP = "workflow_rollup"
-"""Runs per hour, day and week, workflow, status and duration bucket."""
+"""Runs per hour, quarter day, day and week, workflow, status and duration bucket."""
 STEP_ROLLUP = "workflow_step_rollup"
-"""Step attempts per hour, day and week of the run's start, workflow, step, status, error
-type and bucket."""
+"""Step attempts per hour, quarter day, day and week of the run's start, workflow, step,
+status, error type and bucket."""
 ERROR_TYPE_COLUMN = "error_type"
 """The step rollup's column of a failed attempt's error type (revision 0008)."""
 BUCKETS_TABLE = "workflow_duration_bucket"
@@ -116,9 +116,11 @@ RELATIVE_ERROR: float = max(
 
 # --- SQL pieces, per dialect: the period of a row's start, and a duration's bucket ----------
 
-SPANS: tuple[int, ...] = (3600, 86400, 604800)
-"""The lengths (s) of the periods each row is counted in: its hour, day and week (UTC; weeks
-from the epoch, a Thursday). Ascending: a reader covers a window with the longest that fit."""
+SPANS: tuple[int, ...] = (3600, 21600, 86400, 604800)
+"""The lengths (s) of the periods each row is counted in: its hour, quarter day (6 h), day and
+week (UTC; weeks from the epoch, a Thursday). Ascending, each a multiple of the one before: a
+reader covers a window with the longest that fit, so a 7-day window reads at most 5 hours and
+3 quarter days of finer cells at each edge, and a 90-day window mostly weeks."""
 _RUN_KEY = "(span_s, period, workflow_name, status, bucket)"
 _STEP_KEY = "(span_s, period, workflow_name, step_index, step_name, status, error_type, bucket)"
 
@@ -210,7 +212,7 @@ _SQLITE_SPANS = "(" + " UNION ALL ".join(f"SELECT {span} AS span" for span in SP
 
 
 def _add_run(d: str, row: str) -> list[str]:
-    """Count the run *row* in its hour, day and week: one statement (SQLite)."""
+    """Count the run *row* in each of its periods: one statement (SQLite)."""
     period = _period(d, f"{row}.started_at", "p.span")
     return [
         f"INSERT INTO {RUN_ROLLUP} {_RUN_KEY[:-1]}, runs, max_ms) "
@@ -243,7 +245,7 @@ def _step_cell(d: str, row: str, started: str, name: str, span: int) -> str:
 
 
 def _add_step(d: str, row: str) -> list[str]:
-    """Count the step *row* in its run's hour, day and week: one statement (SQLite)."""
+    """Count the step *row* in each period of its run's start: one statement (SQLite)."""
     period = _period(d, "r.started_at", "p.span")
     return [
         f"INSERT INTO {STEP_ROLLUP} {_STEP_KEY[:-1]}, attempts, max_ms) "

@@ -250,8 +250,9 @@ workflow_rollup = Table(
     Column("max_ms", BigInteger),
     sqlite_with_rowid=False,  # stored in key order: a window is one range of the table
 )
-"""Runs per hour, day and week of their start (``span_s`` 3600, 86400 or 604800; ``period``:
-periods since the epoch), workflow, status and duration bucket (revision 0007; weeks from 0008),
+"""Runs per hour, quarter day, day and week of their start (``span_s`` 3600, 21600, 86400 or
+604800; ``period``: periods since the epoch), workflow, status and duration bucket (revision
+0007; quarter days and weeks from 0008),
 kept by triggers on SQLite and PostgreSQL (:mod:`exporters.db.rollups`)."""
 
 workflow_step_rollup = Table(
@@ -275,9 +276,9 @@ workflow_step_rollup = Table(
     Column("max_ms", BigInteger),
     sqlite_with_rowid=False,
 )
-"""Step attempts per hour, day and week of their run's start, workflow, step, status, error type
-(failed attempts only, ``''`` otherwise) and duration bucket (revision 0007; weeks and error
-types from 0008), kept by triggers on SQLite and PostgreSQL."""
+"""Step attempts per hour, quarter day, day and week of their run's start, workflow, step,
+status, error type (failed attempts only, ``''`` otherwise) and duration bucket (revision 0007;
+quarter days, weeks and error types from 0008), kept by triggers on SQLite and PostgreSQL."""
 
 ROLLUP_TABLES = frozenset({rollups.BUCKETS_TABLE, rollups.RUN_ROLLUP, rollups.STEP_ROLLUP})
 """Tables of revision 0007 whose absence blocks no write: stats read the base tables then."""

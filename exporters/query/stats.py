@@ -20,8 +20,10 @@ dialect's JSON extraction.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
+import itertools
 import math
 import re
 import typing
@@ -29,7 +31,17 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from sqlalchemy import BigInteger, ColumnElement, case, cast, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.engine import Connection
 
 from exporters.db import rollups
@@ -102,6 +114,9 @@ _TIMED = select(*_STEP, _S.status, _S.duration_ms).select_from(_JOINED)
 _FAILED_KEYS = (*_STEP, _S.error_type)
 _FAILED = select(*_FAILED_KEYS, func.count()).select_from(_JOINED).group_by(*_FAILED_KEYS)
 _BUCKET_VALUES = tuple(bucket_value(b) for b in range(len(BUCKET_LOWER_MS)))
+_IS_FAILED = _S.status == literal(StepStatus.FAILED.value, literal_execute=True)
+"""Written into the SQL, not bound: PostgreSQL's status index is partial (``status <>
+'completed'``), and a prepared statement's generic plan cannot use it for a bound status."""
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float | None:
@@ -138,28 +153,30 @@ def _label(value: Any) -> str:
     return NO_VALUE if value is None or value == "" else str(value)
 
 
-def _quantile(durations: Counter[float], fraction: float) -> float | None:
-    """:func:`percentile` of the multiset *durations* (value -> how many times)."""
-    total = sum(durations.values())
-    if not total:
-        return None
-    position = (total - 1) * fraction
-    low, high = math.floor(position), math.ceil(position)
-    seen, low_value = 0, None
-    for value in sorted(durations):
-        seen += durations[value]
-        if low_value is None and seen > low:
-            low_value = value
-        if seen > high:
-            assert low_value is not None
-            return low_value + (value - low_value) * (position - low)
-    raise AssertionError("unreachable: the ranks are below the total")
+def _median_and_p95(durations: Counter[float]) -> tuple[float | None, float | None]:
+    """:func:`percentile` 0.5 and 0.95 of the multiset *durations* (value -> how many times),
+    from one sort of its values."""
+    if not durations:
+        return None, None
+    values = sorted(durations)
+    ends = list(itertools.accumulate(durations[v] for v in values))  # ranks below each end
+
+    def at(rank: int) -> float:
+        return values[bisect.bisect_right(ends, rank)]
+
+    found = []
+    for fraction in (0.5, 0.95):
+        position = (ends[-1] - 1) * fraction
+        low, high = math.floor(position), math.ceil(position)
+        found.append(at(low) + (at(high) - at(low)) * (position - low))
+    return found[0], found[1]
 
 
 def _totals(
     group: str | None, statuses: Counter[str], durations: Counter[float], longest: float | None
 ) -> GroupStats:
     finished = sum(statuses[s] for s in _FINISHED)
+    p50, p95 = _median_and_p95(durations)
     return GroupStats(
         group=group,
         runs=sum(statuses.values()),
@@ -169,8 +186,8 @@ def _totals(
         abandoned=statuses[RunStatus.ABANDONED],
         running=sum(statuses[s] for s in ACTIVE_RUN_STATUSES),
         success_rate=statuses[RunStatus.COMPLETED] / finished if finished else None,
-        p50_ms=_quantile(durations, 0.5),
-        p95_ms=_quantile(durations, 0.95),
+        p50_ms=p50,
+        p95_ms=p95,
         max_ms=longest,
     )
 
@@ -266,7 +283,7 @@ class _Steps:
                 n[StepStatus.RETRYING],
                 n[StepStatus.SKIPPED],
             )
-            median, p95 = _quantile(durations, 0.5), _quantile(durations, 0.95)
+            median, p95 = _median_and_p95(durations)
             longest = self.longest.get(key)
             sample = sum(durations.values())
             result.append(StepStats(*key, *counts, median, sample, p95, longest))
@@ -347,7 +364,7 @@ def compute_stats(
         runs, steps = counted
     names = sorted(k for k in runs.statuses if isinstance(k, str))
     workflows = [_workflow(name, runs, steps[name], top) for name in names]
-    workflows = [_with_examples(conn, w, in_window, since, until) for w in workflows]
+    workflows = _with_examples(conn, workflows, in_window, since, until)
     if trend is not None:
         workflows = [
             dataclasses.replace(w, trend=trend.points(w.workflow_name, since, until))
@@ -413,13 +430,30 @@ def _spans_of(every_s: int | None) -> list[int]:
     return [span for span in SPANS if every_s is None or not every_s % span]
 
 
-def _rolled(table: Any, span: int, low: int, high: int, workflow: str | None) -> list[Any]:
-    """The conditions selecting *table*'s cells of one period range (a range of its primary
-    key; a query per range groups fewer rows at once than one query over them all)."""
-    where = [table.c.span_s == span, table.c.period >= low, table.c.period < high]
-    if workflow is not None:
-        where.append(table.c.workflow_name == workflow)
-    return where
+def _total(column: Any) -> Any:
+    """``SUM(column)`` as a ``BIGINT`` (PostgreSQL's sum of bigints is a numeric, which the
+    driver would turn into a slower ``Decimal`` per cell)."""
+    return cast(func.sum(column), BigInteger)
+
+
+def _cells(
+    conn: Connection, table: Any, periods: list[tuple[int, int, int]], workflow: str | None
+) -> list[Any]:
+    """*table*'s cells in *periods* (of :func:`_periods`), of one *workflow* or all, as the
+    sources to group: on PostgreSQL one ``UNION ALL`` of a primary-key range per period (one
+    hash aggregate: half the time of a query per range), elsewhere a source per range
+    (SQLite sorts to group, and sorting them all at once costs more than merging in Python)."""
+    ranges = []
+    for span, low, high in periods:
+        where = [table.c.span_s == span, table.c.period >= low, table.c.period < high]
+        if workflow is not None:
+            where.append(table.c.workflow_name == workflow)
+        ranges.append(select(table).where(*where))
+    if not ranges:
+        return []
+    if conn.dialect.name == "postgresql":
+        return [union_all(*ranges).subquery("cells")]
+    return [r.subquery("cells") for r in ranges]
 
 
 def _from_rollups(
@@ -443,24 +477,34 @@ def _from_rollups(
     else:
         edges = [(since, until)]
     runs, steps = _Runs(), defaultdict[str, _Steps](_Steps)
-    if conn.dialect.name == "postgresql":  # sort a window's cells in memory, not on disk
+    if conn.dialect.name == "postgresql":  # sort a window's cells in memory, not on disk,
         conn.execute(text(f"SET LOCAL work_mem = '{_PG_WORK_MEM}'"))
-    every_s = None if trend is None else int(trend.every.total_seconds())
-    r = workflow_rollup.c
-    for span, low, high in _periods(first, last, _spans_of(every_s)):
+        # and in this process: a few thousand cells a period range, which parallel workers
+        # only slow down (their start and the merge of their sorted halves: +15 % at 7 days)
+        conn.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+    # The totals from the longest periods that fit; a trend's intervals, in a query of their
+    # own, from the periods they hold whole (hours for an hourly trend).
+    for source in _cells(conn, workflow_rollup, _periods(first, last, SPANS), workflow):
+        r = source.c
         keys: list[Any] = [r.workflow_name, r.status, r.bucket]
-        if every_s is not None:
-            keys.append(((r.period * r.span_s) // every_s).label("interval"))
-        query = select(*keys, func.sum(r.runs), func.max(r.max_ms))
-        query = query.where(*_rolled(workflow_rollup, span, low, high, workflow))
-        for name, status, bucket, *rest in conn.execute(query.group_by(*keys)):
-            *interval, n, longest = rest
-            name, n = _label(name), int(n)
+        query: Any = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
+        for name, status, bucket, n, longest in conn.execute(query).all():
             value = None if bucket < 0 else _BUCKET_VALUES[bucket]
             top = None if longest is None or value is None else float(longest)
-            runs.add(name, status, value, n, top)
-            if trend is not None:
-                trend.add((name, _EPOCH + int(interval[0]) * trend.every), status, value, n, top)
+            runs.add(_label(name), status, value, n, top)
+    if trend is not None:
+        every_s = int(trend.every.total_seconds())
+        periods = _periods(first, last, _spans_of(every_s))
+        for source in _cells(conn, workflow_rollup, periods, workflow):
+            r = source.c
+            interval = ((r.period * r.span_s) // every_s).label("interval")
+            keys = [r.workflow_name, r.status, r.bucket, interval]
+            query = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
+            for name, status, bucket, start, n, longest in conn.execute(query).all():
+                value = None if bucket < 0 else _BUCKET_VALUES[bucket]
+                top = None if longest is None or value is None else float(longest)
+                point = (_label(name), _EPOCH + int(start) * trend.every)
+                trend.add(point, status, value, n, top)
     if first < last:  # runs still active are not in the rollups: few, through the index
         whole_from, whole_to = _EPOCH + first * _HOUR, _EPOCH + last * _HOUR
         whole = [_H.started_at >= whole_from, _H.started_at < whole_to]
@@ -484,32 +528,33 @@ def _from_rollups(
         _count_runs(conn, window, None, trend, runs)
     if runs.count < EXACT_BELOW_RUNS and not insist:
         return None
-    named: dict[tuple[str, int, str], tuple[str, int, float | None]] = {}
-    c = workflow_step_rollup.c
+    named: dict[tuple[str, int, str], list[Any]] = {}  # [max step name, count, longest]
     completed, failed = StepStatus.COMPLETED.value, StepStatus.FAILED.value
-    timed = case((c.status == completed, c.bucket), else_=rollups.NO_DURATION).label("bucket")
-    step_keys = (c.workflow_name, c.step_index, c.step_name, c.status, c.error_type, timed)
-    for span, low, high in _periods(first, last, SPANS):
-        cells: Any = select(*step_keys, func.sum(c.attempts), func.max(c.max_ms))
-        cells = cells.where(*_rolled(workflow_step_rollup, span, low, high, workflow))
+    for source in _cells(conn, workflow_step_rollup, _periods(first, last, SPANS), workflow):
+        c = source.c
+        timed = case((c.status == completed, c.bucket), else_=rollups.NO_DURATION)
+        step_keys = (c.workflow_name, c.step_index, c.step_name, c.status, c.error_type,
+                     timed.label("bucket"))  # fmt: skip
+        cells: Any = select(*step_keys, _total(c.attempts), func.max(c.max_ms))
         for name, index, step, status, error, bucket, count, longest in conn.execute(
             cells.group_by(*step_keys)  # durations of completed attempts only: fewer groups
-        ):
+        ).all():  # fetched at once: one driver call, not one a row
             label = _label(name)
-            entry = steps[label]
-            count = int(count)
             if status == completed:
                 if bucket >= 0:
-                    entry.durations[index, step][_BUCKET_VALUES[bucket]] += count
+                    steps[label].durations[index, step][_BUCKET_VALUES[bucket]] += count
             elif status == failed:
-                entry.failed((index, step), error, count)
+                steps[label].failed((index, step), error, count)
             key = (label, index, status)  # as the base tables count: the index's max name
             known = named.get(key)
-            if known is not None:
-                step = max(step, known[0])
-                count += known[1]
-                longest = known[2] if longest is None else max(longest, known[2] or longest)
-            named[key] = (step, count, longest)
+            if known is None:
+                named[key] = [step, count, longest]
+                continue
+            known[1] += count
+            if step > known[0]:
+                known[0] = step
+            if longest is not None and (known[2] is None or longest > known[2]):
+                known[2] = longest
     if first < last:  # nor are the attempts still running
         running = select(_H.workflow_name, _S.step_index, func.max(_S.step_name), func.count())
         running = running.select_from(_JOINED).where(
@@ -519,10 +564,8 @@ def _from_rollups(
             running.group_by(_H.workflow_name, _S.step_index)
         ):
             key = (_label(name), index, rollups.ACTIVE_STEP_STATUS)
-            known = named.get(key)
-            named[key] = (
-                (max(step, known[0]), count + known[1], known[2]) if known else (step, count, None)
-            )
+            known = named.setdefault(key, [step, 0, None])
+            known[0], known[1] = max(step, known[0]), known[1] + count
     for (label, index, status), (step, count, longest) in named.items():
         steps[label].counted((index, step), status, count, longest)
     for window, low_at, high_at in edge_windows:
@@ -587,60 +630,75 @@ def _read_failures(
     steps: defaultdict[str, _Steps],
 ) -> None:
     """The failed attempts per step and error type: read through the status index."""
-    failed = [*where, _S.status == StepStatus.FAILED.value, _S.started_at >= since]
+    failed = [*where, _IS_FAILED, _S.started_at >= since]
     for name, index, step, error, n in conn.execute(_FAILED.where(*failed)):
         steps[_label(name)].failed((index, step), error, n)
 
 
 def _with_examples(
     conn: Connection,
-    stats: WorkflowStats,
+    workflows: list[WorkflowStats],
     in_window: list[ColumnElement[bool]],
     since: dt.datetime,
     until: dt.datetime,
-) -> WorkflowStats:
-    """*stats* with each failing step's example: the message of the latest failure of that
-    step and error type among the window's runs (a message-less failure is passed over).
+) -> list[WorkflowStats]:
+    """*workflows* with each failing step's example: the message of the latest failure of
+    that step and error type among the window's runs (a message-less failure is passed over).
 
     One query per failing step, walking the status index down from the window's end (plus
-    the clock slack) and stopping at the first match; only when that finds none (a failure
-    that started over a day after the window) does it walk on unbounded."""
-    if not stats.top_failing_steps:
-        return stats
-    name = stats.workflow_name
+    the clock slack) and stopping at its first match; only when that finds none (a failure
+    that started over a day after the window) does it walk on unbounded. (One ``UNION ALL``
+    of them all would save round trips, but PostgreSQL's generic plan for it, once the driver
+    prepares it, reads every failure of the window: seconds over 90 days.)"""
+    messages: list[str | None] = []
+    for name, step in ((w.workflow_name, s) for w in workflows for s in w.top_failing_steps):
+        latest = _latest_failure(name, step, in_window, since)
+        message = conn.execute(latest.where(_S.started_at <= until + _SLACK)).scalar()
+        messages.append(message if message is not None else conn.execute(latest).scalar())
+    found = iter(messages)
+    return [
+        dataclasses.replace(
+            w,
+            top_failing_steps=[
+                dataclasses.replace(step, example_message=next(found))
+                for step in w.top_failing_steps
+            ],
+        )
+        for w in workflows
+    ]
+
+
+def _latest_failure(
+    name: str, step: FailingStep, in_window: list[ColumnElement[bool]], since: dt.datetime
+) -> Any:
+    """The message of *step*'s latest failure of its error type among the window's runs of
+    the workflow *name*, through the status index (newest first, the first match)."""
     named = (
         (_H.workflow_name.is_(None) | _H.workflow_name.in_(("", NO_VALUE)))
         if name == NO_VALUE
         else _H.workflow_name == name
     )
-    failing = []
-    for step in stats.top_failing_steps:
-        error = (
-            (_S.error_type.is_(None) | (_S.error_type == ""))
-            if step.error_type is None
-            else _S.error_type == step.error_type
+    error = (
+        (_S.error_type.is_(None) | (_S.error_type == ""))
+        if step.error_type is None
+        else _S.error_type == step.error_type
+    )
+    return (
+        select(_S.error_message)
+        .select_from(_JOINED)
+        .where(
+            *in_window,
+            named,
+            error,
+            _IS_FAILED,
+            _S.started_at >= since,
+            _S.step_index == step.step_index,
+            _S.step_name == step.step_name,
+            func.coalesce(_S.error_message, "") != "",
         )
-        latest = (
-            select(_S.error_message)
-            .select_from(_JOINED)
-            .where(
-                *in_window,
-                named,
-                error,
-                _S.status == StepStatus.FAILED.value,
-                _S.started_at >= since,
-                _S.step_index == step.step_index,
-                _S.step_name == step.step_name,
-                func.coalesce(_S.error_message, "") != "",
-            )
-            .order_by(_S.started_at.desc(), _S.id.desc())
-            .limit(1)
-        )
-        message = conn.execute(latest.where(_S.started_at <= until + _SLACK)).scalar()
-        if message is None:
-            message = conn.execute(latest).scalar()
-        failing.append(dataclasses.replace(step, example_message=message))
-    return dataclasses.replace(stats, top_failing_steps=failing)
+        .order_by(_S.started_at.desc())  # the status index's order: stops at the first
+        .limit(1)
+    )
 
 
 def _count_steps(
@@ -655,16 +713,17 @@ def _count_steps(
 ) -> defaultdict[str, _Steps]:
     """The step attempts of the window's runs, per workflow: counts, errors, durations (of a
     sample of about :data:`MEDIAN_SAMPLE_RUNS` runs when *run_count* is above it). *edge*: the
-    window is a partial hour at the edge of a rollup read (few runs)."""
-    where = _step_window(conn, in_window, since, until)
+    window is a partial hour at the edge of a rollup read (few runs): its steps are found
+    through their runs' ids (PostgreSQL too: bounding their start by the runs' last write plus
+    a day's slack would have it scan a day of steps, 24 ms against 1 ms at 1,000,000 runs),
+    its failed attempts through the status index bounded by that last write (unbounded above,
+    the walk would pass every later failure: 80 ms an edge at 90 days on SQLite)."""
+    where = in_window if edge else _step_window(conn, in_window, since, until)
     steps = defaultdict(_Steps) if steps is None else steps
     for name, index, status, step, n, longest in conn.execute(_COUNTED.where(*where)):
         steps[_label(name)].counted((index, step), status, n, longest)
     failed = where
-    if edge and conn.dialect.name != "postgresql":
-        # The failed attempts are read through the status index, ordered by start: unbounded
-        # above, a partial hour at a window's edge would walk every later failure (90 days:
-        # 80 ms an edge, against 1 ms bounded by its runs' last write).
+    if edge:
         failed = where + _steps_started_within(conn, in_window, since, until)
     _read_failures(conn, failed, since, steps)
     timed = _TIMED.where(*where)

@@ -1,16 +1,17 @@
-"""Weekly rollups, and failed step attempts counted per error type in the rollups.
+"""Quarter-day and weekly rollups, and failed step attempts counted per error type in them.
 
 Revision ID: 0008
 Revises: 0007
 
-Stats over long windows sum fewer cells when the rollups also count each run and step attempt
-in its UTC week, and they read a window's failures per error type from the rollups instead of
-the failed rows: ``workflow_step_rollup`` gains ``error_type`` in its key (a primary key cannot
-change in place, so the table is made again) and every rollup is refilled from the stored rows
-with the new triggers, in the upgrade's transaction while writers wait (about a minute per
-250,000 runs on SQLite). A database whose rollups already have the column — revision 0007 run
-by this release in the same upgrade — is left as it is. MariaDB and MySQL get the new table
-shape only. See :mod:`exporters.db.rollups`.
+Stats sum fewer cells when the rollups also count each run and step attempt in its UTC quarter
+day (6 h: a 7-day window's partial days) and week (a 90-day window), and they read a window's
+failures per error type from the rollups instead of the failed rows: ``workflow_step_rollup``
+gains ``error_type`` in its key (a primary key cannot change in place, so the table is made
+again) and every rollup is refilled from the stored rows with the new triggers, in the
+upgrade's transaction while writers wait (about two minutes per 250,000 runs on SQLite). A
+database whose rollups already have the column — revision 0007 run by this release in the
+same upgrade — is left as it is. MariaDB and MySQL get the new table shape only. See
+:mod:`exporters.db.rollups`.
 
 Downgrading drops the rollups and their triggers: stats read the base tables (right, slower)
 until ``flowtel db upgrade`` builds them again. Nothing stored in the history is touched.
@@ -59,7 +60,7 @@ def upgrade() -> None:
             )
         ).scalar()
         config.attributes.setdefault(NOTES_KEY, []).append(
-            f"stats rollups rebuilt with weeks and error types from {runs or 0} runs"
+            f"stats rollups rebuilt with quarter days, weeks and error types from {runs or 0} runs"
         )
 
 
