@@ -100,6 +100,7 @@ _HOUR = dt.timedelta(hours=1)
 _PG_WORK_MEM = "64MB"  # for the rest of the reader's transaction only (SET LOCAL)
 _MIN_EVERY = dt.timedelta(minutes=1)
 _LEGACY_STATUSES = {"success": RunStatus.COMPLETED.value}  # the old system's word for completed
+_COMPLETED_WORDS = (RunStatus.COMPLETED.value, *_LEGACY_STATUSES)
 _CONTEXT_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _FINISHED = (*sorted(FINAL_RUN_STATUSES), RunStatus.ABANDONED)
 _H, _S = workflow_history.c, workflow_step_history.c
@@ -430,6 +431,13 @@ def _spans_of(every_s: int | None) -> list[int]:
     return [span for span in SPANS if every_s is None or not every_s % span]
 
 
+def _timed(runs: Any) -> Any:
+    """A run cell's bucket where its duration counts (a completed run), else one bucket for
+    all: the other statuses' cells group into one row each."""
+    completed = runs.status.in_(_COMPLETED_WORDS)
+    return case((completed, runs.bucket), else_=rollups.NO_DURATION).label("bucket")
+
+
 def _total(column: Any) -> Any:
     """``SUM(column)`` as a ``BIGINT`` (PostgreSQL's sum of bigints is a numeric, which the
     driver would turn into a slower ``Decimal`` per cell)."""
@@ -486,7 +494,7 @@ def _from_rollups(
     # own, from the periods they hold whole (hours for an hourly trend).
     for source in _cells(conn, workflow_rollup, _periods(first, last, SPANS), workflow):
         r = source.c
-        keys: list[Any] = [r.workflow_name, r.status, r.bucket]
+        keys: list[Any] = [r.workflow_name, r.status, _timed(r)]
         query: Any = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
         for name, status, bucket, n, longest in conn.execute(query).all():
             value = None if bucket < 0 else _BUCKET_VALUES[bucket]
@@ -498,7 +506,7 @@ def _from_rollups(
         for source in _cells(conn, workflow_rollup, periods, workflow):
             r = source.c
             interval = ((r.period * r.span_s) // every_s).label("interval")
-            keys = [r.workflow_name, r.status, r.bucket, interval]
+            keys = [r.workflow_name, r.status, _timed(r), interval]
             query = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
             for name, status, bucket, start, n, longest in conn.execute(query).all():
                 value = None if bucket < 0 else _BUCKET_VALUES[bucket]
