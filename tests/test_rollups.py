@@ -685,3 +685,27 @@ def test_a_failing_steps_example_is_its_latest_message_of_that_error_type_on_eit
                 "TimeoutError", 5, 6
             )  # fmt: skip
             assert failing.example_message == "newest"
+
+
+def test_a_windows_hours_are_covered_once_each_by_the_longest_periods_that_fit() -> None:
+    """Every whole hour of a window lies in exactly one period range read, and no range holds
+    a whole period of the next length (it would have been read as that)."""
+    from exporters.query.stats import _periods
+
+    rng = random.Random(8)
+    for _ in range(500):
+        first = rng.randint(0, 24 * 7 * 60)
+        last = first + rng.choice([0, 1, 5, 30, 200, 24 * 40])
+        ranges = _periods(first, last, SPANS)
+        hours = Counter(
+            hour
+            for span, low, high in ranges
+            for hour in range(low * span // 3600, high * span // 3600)
+        )
+        assert hours == Counter(range(first, last))
+        for span, low, high in ranges:
+            assert low < high and span in SPANS
+            longer = [s for s in SPANS if s > span]
+            if longer:
+                start, end = -(-low * span // longer[0]), high * span // longer[0]
+                assert start >= end, (span, low, high)
