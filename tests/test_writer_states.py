@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from exporters import WorkflowHistorySpanProcessor, make_engine
 from exporters.history.capture import ErrorInfo, RunStart, StepEnd
+from exporters.history.dbthread import DatabaseThread
 from exporters.history.rows import RunState
 from exporters.history.writer import HistoryWriter, WriterState
 from exporters.telemetry.logs import add_log_event
@@ -149,3 +150,48 @@ def test_the_processor_hands_its_startup_call_to_the_writer(
     assert processor.force_flush(10_000)
     processor.shutdown(5_000)
     assert threads == ["flowtel-history-db"]
+
+
+def _cleanup_recorder() -> tuple[list[str], threading.Event, Any]:
+    """A cleanup that records the thread it ran on, and an event set when it ran."""
+    ran_on: list[str] = []
+    ran = threading.Event()
+
+    def cleanup() -> None:
+        ran_on.append(threading.current_thread().name)
+        ran.set()
+
+    return ran_on, ran, cleanup
+
+
+def test_stopping_after_an_uncollected_call_runs_the_cleanup_once_on_the_database_thread() -> None:
+    """The writer's kept connection is released by the thread that used it even when the
+    last call's outcome was never collected (it leaked, and was garbage-collected open)."""
+    db = DatabaseThread(notify=lambda: None)
+    db.submit("commit", lambda: 42)
+    assert db.wait(5.0)
+    ran_on, ran, cleanup = _cleanup_recorder()
+    db.stop(cleanup=cleanup)
+    assert ran.wait(5.0)
+    time.sleep(0.1)
+    assert ran_on == ["flowtel-history-db"]
+
+
+def test_stopping_during_a_call_runs_the_cleanup_only_once_that_call_has_returned() -> None:
+    db = DatabaseThread(notify=lambda: None)
+    release = threading.Event()
+    db.submit("commit", release.wait)
+    ran_on, ran, cleanup = _cleanup_recorder()
+    db.stop(cleanup=cleanup)
+    assert not ran.wait(0.3)  # the call in flight may still be using the connection
+    release.set()
+    assert ran.wait(5.0)
+    time.sleep(0.1)
+    assert ran_on == ["flowtel-history-db"]
+
+
+def test_stopping_a_database_thread_that_never_ran_a_call_runs_the_cleanup_at_once() -> None:
+    db = DatabaseThread(notify=lambda: None)
+    ran_on, ran, cleanup = _cleanup_recorder()
+    db.stop(cleanup=cleanup)
+    assert ran.is_set() and ran_on == [threading.current_thread().name]

@@ -56,6 +56,7 @@ class DatabaseThread:
         self._calling = threading.Lock()  # held during each call, and across os.fork()
         self._held_for_fork = False
         self._stopping = False
+        self._cleanup: Callable[[], None] | None = None
         self._thread: threading.Thread | None = None
         _LIVE.add(self)
 
@@ -97,13 +98,23 @@ class DatabaseThread:
         """Wait up to *timeout* seconds for the call in flight to finish."""
         return self._finished.wait(max(timeout, 0.0))
 
-    def stop(self) -> None:
-        """End the thread now if idle, else as soon as the call in flight returns (a call that
-        never returns is abandoned with the daemon thread)."""
+    def stop(self, cleanup: Callable[[], None] | None = None) -> None:
+        """End the thread now if no call runs, else as soon as the call in flight returns (a
+        call that never returns is abandoned with the daemon thread); *cleanup* runs once, on
+        this thread as it ends (or here, if it never started): what the calls used, such as a
+        kept connection, is released by the thread that used it, after its last call."""
+        self._cleanup = cleanup
         self._stopping = True
-        if self._job is None and self._thread is not None:
+        if self._thread is None:
+            self._run_cleanup()
+        elif self._job is None or self._finished.is_set():  # no call running
             self._job = ("stop", _stop)
             self._submitted.set()
+
+    def _run_cleanup(self) -> None:
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            cleanup()
 
     def _run(self) -> None:
         token = otel_context.attach(
@@ -118,6 +129,7 @@ class DatabaseThread:
                     continue
                 kind, call = job
                 if call is _stop:
+                    self._run_cleanup()
                     return
                 with self._calling:
                     try:
@@ -128,6 +140,7 @@ class DatabaseThread:
                 self._finished.set()
                 self._notify()
                 if self._stopping:
+                    self._run_cleanup()
                     return
         finally:
             otel_context.detach(token)

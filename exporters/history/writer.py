@@ -796,9 +796,9 @@ class HistoryWriter:
         if self.db.running != "replay":
             for replayer in self.replayers:
                 replayer.release()
-        if self.db.idle:  # a call still in flight may be using the kept connection
-            self._release_connection()
-        self.db.stop()
+        # The kept connection is closed by the database thread after its last call: a call
+        # in flight may be using it, and one that finished uncollected would leave it open.
+        self.db.stop(cleanup=self._release_connection)
 
     def forget_files(self) -> None:
         """In a forked child: drop the inherited spool files without unlocking them, and keep
