@@ -50,6 +50,7 @@ __all__ = [
     "has_rollups",
     "install",
     "refill",
+    "runs_counted",
     "uninstall",
 ]
 
@@ -531,6 +532,12 @@ def uninstall(connection: Connection) -> None:
         for function in ("workflow_rollup_runs()", "workflow_rollup_steps()"):
             connection.execute(text(f"DROP FUNCTION IF EXISTS {function}"))
         connection.execute(text("DROP FUNCTION IF EXISTS workflow_duration_bucket_of(bigint)"))
+
+
+def runs_counted(connection: Connection) -> int:
+    """How many runs the rollups count (each once: their hours), for the upgrade's notes."""
+    hours = text(f"SELECT COALESCE(SUM(runs), 0) FROM {RUN_ROLLUP} WHERE span_s = {SPANS[0]}")
+    return int(connection.execute(hours).scalar() or 0)
 
 
 def has_rollups(connection: Connection) -> bool:

@@ -57,6 +57,7 @@ class DatabaseThread:
         self._held_for_fork = False
         self._stopping = False
         self._cleanup: Callable[[], None] | None = None
+        self._cleanup_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         _LIVE.add(self)
 
@@ -100,19 +101,21 @@ class DatabaseThread:
 
     def stop(self, cleanup: Callable[[], None] | None = None) -> None:
         """End the thread now if no call runs, else as soon as the call in flight returns (a
-        call that never returns is abandoned with the daemon thread); *cleanup* runs once, on
-        this thread as it ends (or here, if it never started): what the calls used, such as a
-        kept connection, is released by the thread that used it, after its last call."""
+        call that never returns is abandoned with the daemon thread). *cleanup* releases what
+        the calls used, such as a kept connection, once and only when no call can be using
+        it: here and now if no call runs (finished, collected or not), else on the database
+        thread right after the call in flight returns."""
         self._cleanup = cleanup
-        self._stopping = True
-        if self._thread is None:
+        self._stopping = True  # after _cleanup: the thread reads it once it sees this
+        if self._thread is None or self._job is None or self._finished.is_set():
             self._run_cleanup()
-        elif self._job is None or self._finished.is_set():  # no call running
-            self._job = ("stop", _stop)
-            self._submitted.set()
+            if self._thread is not None:
+                self._job = ("stop", _stop)
+                self._submitted.set()
 
     def _run_cleanup(self) -> None:
-        cleanup, self._cleanup = self._cleanup, None
+        with self._cleanup_lock:  # the caller and the thread may both get here: once
+            cleanup, self._cleanup = self._cleanup, None
         if cleanup is not None:
             cleanup()
 
@@ -129,7 +132,6 @@ class DatabaseThread:
                     continue
                 kind, call = job
                 if call is _stop:
-                    self._run_cleanup()
                     return
                 with self._calling:
                     try:

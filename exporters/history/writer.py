@@ -796,8 +796,9 @@ class HistoryWriter:
         if self.db.running != "replay":
             for replayer in self.replayers:
                 replayer.release()
-        # The kept connection is closed by the database thread after its last call: a call
-        # in flight may be using it, and one that finished uncollected would leave it open.
+        # The kept connection is closed once no call can be using it: now, or by the database
+        # thread after the call in flight (checking only "idle" left it open after a call
+        # that had finished but was not collected).
         self.db.stop(cleanup=self._release_connection)
 
     def forget_files(self) -> None:

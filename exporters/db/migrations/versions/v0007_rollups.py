@@ -13,7 +13,6 @@ missing and the triggers are dropped and made again, so the revision can be run 
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
 
 from exporters.db import rollups
@@ -36,10 +35,9 @@ def upgrade() -> None:
     rollups.install(bind)
     config = op.get_context().config
     if config is not None and bind.dialect.name in rollups.ROLLUP_DIALECTS:
-        hours = workflow_rollup.c.span_s == rollups.SPANS[0]  # each run once
-        runs = bind.execute(sa.select(sa.func.sum(workflow_rollup.c.runs)).where(hours)).scalar()
+        runs = rollups.runs_counted(bind)
         config.attributes.setdefault(NOTES_KEY, []).append(
-            f"stats rollups built from {runs or 0} runs: flowtel stats and trends read them"
+            f"stats rollups built from {runs} runs: flowtel stats and trends read them"
         )
 
 

@@ -54,13 +54,9 @@ def upgrade() -> None:
     rollups.install(bind)
     config = op.get_context().config
     if config is not None and bind.dialect.name in rollups.ROLLUP_DIALECTS:
-        runs = bind.execute(
-            sa.select(sa.func.sum(workflow_rollup.c.runs)).where(
-                workflow_rollup.c.span_s == rollups.SPANS[0]
-            )
-        ).scalar()
+        runs = rollups.runs_counted(bind)
         config.attributes.setdefault(NOTES_KEY, []).append(
-            f"stats rollups rebuilt with quarter days, weeks and error types from {runs or 0} runs"
+            f"stats rollups rebuilt with quarter days, weeks and error types from {runs} runs"
         )
 
 
