@@ -252,8 +252,8 @@ workflow_rollup = Table(
 )
 """Runs per hour, quarter day, day and week of their start (``span_s`` 3600, 21600, 86400 or
 604800; ``period``: periods since the epoch), workflow, status and duration bucket (revision
-0007; quarter days and weeks from 0008),
-kept by triggers on SQLite and PostgreSQL (:mod:`exporters.db.rollups`)."""
+0007; quarter days and weeks from 0008), kept by triggers on SQLite and PostgreSQL
+(:mod:`exporters.db.rollups`)."""
 
 workflow_step_rollup = Table(
     rollups.STEP_ROLLUP,
@@ -281,7 +281,8 @@ status, error type (failed attempts only, ``''`` otherwise) and duration bucket 
 quarter days, weeks and error types from 0008), kept by triggers on SQLite and PostgreSQL."""
 
 ROLLUP_TABLES = frozenset({rollups.BUCKETS_TABLE, rollups.RUN_ROLLUP, rollups.STEP_ROLLUP})
-"""Tables of revision 0007 whose absence blocks no write: stats read the base tables then."""
+"""The rollup tables: their absence, or a column missing from them (a database still at
+0007), blocks no write; stats read the base tables then."""
 
 
 def _rollups_created(target: MetaData, connection: Connection, **kw: Any) -> None:
