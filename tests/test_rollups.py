@@ -41,6 +41,7 @@ from exporters.ingest.server import IngestServer
 from exporters.ops.reaper import reap
 from exporters.ops.retention import prune
 from exporters.query.records import GroupStats, StatsReport
+from exporters.query.rollup_read import period_ranges
 from exporters.query.stats import compute_stats
 from exporters.spool.replay import Replayer
 from instrumentation import workflow_run
@@ -690,13 +691,11 @@ def test_a_failing_steps_example_is_its_latest_message_of_that_error_type_on_eit
 def test_a_windows_hours_are_covered_once_each_by_the_longest_periods_that_fit() -> None:
     """Every whole hour of a window lies in exactly one period range read, and no range holds
     a whole period of the next length (it would have been read as that)."""
-    from exporters.query.stats import _periods
-
     rng = random.Random(8)
     for _ in range(500):
         first = rng.randint(0, 24 * 7 * 60)
         last = first + rng.choice([0, 1, 5, 30, 200, 24 * 40])
-        ranges = _periods(first, last, SPANS)
+        ranges = period_ranges(first, last, SPANS)
         hours = Counter(
             hour
             for span, low, high in ranges

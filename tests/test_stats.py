@@ -15,7 +15,7 @@ import pytest
 
 from exporters.db.engine import make_engine
 from exporters.db.schema import create_schema
-from exporters.query import stats
+from exporters.query import tally
 from exporters.query.stats import percentile
 from exporters.query.store import HistoryStore, StatsReport
 
@@ -109,8 +109,8 @@ def test_median_and_p95_of_counted_values_equal_percentile_of_the_values_written
     for _ in range(2000):
         values = [float(rng.randint(0, rng.choice([1, 3, 50]))) for _ in range(rng.randint(1, 40))]
         expected = (percentile(sorted(values), 0.5), percentile(sorted(values), 0.95))
-        assert stats._median_and_p95(Counter(values)) == pytest.approx(expected)
-    assert stats._median_and_p95(Counter()) == (None, None)
+        assert tally.median_and_p95(Counter(values)) == pytest.approx(expected)
+    assert tally.median_and_p95(Counter()) == (None, None)
 
 
 def test_percentile_rejects_a_fraction_outside_0_1() -> None:
@@ -164,7 +164,7 @@ def test_busy_windows_take_step_medians_from_a_sample(
 ) -> None:
     """Above MEDIAN_SAMPLE_RUNS runs, medians come from a sample (said so); counts stay exact."""
     full = {s.step_name: s for s in provisioning(store.stats(**WEEK)).steps}["select_machine"]
-    monkeypatch.setattr(stats, "MEDIAN_SAMPLE_RUNS", 3)  # 8 runs in the window
+    monkeypatch.setattr(tally, "MEDIAN_SAMPLE_RUNS", 3)  # 8 runs in the window
     sampled = {s.step_name: s for s in provisioning(store.stats(**WEEK)).steps}["select_machine"]
     assert (full.attempts, full.median_sample) == (5, 5)
     assert (sampled.attempts, sampled.completed) == (5, 5)

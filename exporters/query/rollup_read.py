@@ -1,0 +1,235 @@
+"""Summing the rollups over a window: the fast reader of stats.
+
+:func:`from_rollups` reads a window's whole weeks, days, quarter days and hours from
+``workflow_rollup`` and ``workflow_step_rollup`` (:mod:`exporters.db.rollups`; the longest
+periods that fit, :func:`period_ranges`) and the partial hours at its edges, the runs still
+active and their running attempts from the base tables, into the tallies of
+:mod:`exporters.query.tally`: counts and failures per error type stay exact, percentiles come
+from duration buckets (within 4.5 %), and a trend whose interval is a whole number of hours
+sums periods into intervals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import BigInteger, case, cast, func, select, text, union_all
+from sqlalchemy.engine import Connection
+
+from exporters.db import rollups
+from exporters.db.rollups import BUCKET_LOWER_MS, SPANS, bucket_value
+from exporters.db.schema import (
+    workflow_history,
+    workflow_rollup,
+    workflow_step_history,
+    workflow_step_rollup,
+)
+from exporters.query.tally import (
+    COMPLETED_WORDS,
+    EPOCH,
+    MEDIAN_SAMPLE_RUNS,
+    Runs,
+    Steps,
+    Trend,
+    count_runs,
+    count_steps,
+    label_of,
+)
+from instrumentation.attributes import StepStatus
+
+__all__ = ["EXACT_BELOW_RUNS", "from_rollups", "period_ranges"]
+
+EXACT_BELOW_RUNS = MEDIAN_SAMPLE_RUNS
+"""Below this many runs in the window, stats read the base tables (exact) even where rollups
+exist; from this many on they read the rollups."""
+
+_H, _S = workflow_history.c, workflow_step_history.c
+_JOINED = workflow_history.join(workflow_step_history, _S.run_id == _H.run_id)
+_HOUR = dt.timedelta(hours=1)
+_PG_WORK_MEM = "64MB"  # for the rest of the reader's transaction only (SET LOCAL)
+_BUCKET_VALUES = tuple(bucket_value(b) for b in range(len(BUCKET_LOWER_MS)))
+
+
+def _hours(when: dt.datetime) -> tuple[int, bool]:
+    """Whole hours from the epoch to *when*, and whether *when* is on the hour."""
+    whole, rest = divmod(when - EPOCH, _HOUR)
+    return whole, not rest
+
+
+def period_ranges(first: int, last: int, spans: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The hours ``[first, last)`` as (span in s, first period, end period) ranges, each part
+    in the longest of *spans* (ascending, seconds, the first an hour) whose whole periods fit:
+    weeks in the middle, days and then hours towards the edges."""
+
+    def cover(low: int, high: int, level: int) -> list[tuple[int, int, int]]:
+        if low >= high:
+            return []
+        span = spans[level]
+        if level == 0:
+            return [(span, low // span, high // span)]
+        start, end = -(-low // span), high // span
+        if start >= end:
+            return cover(low, high, level - 1)
+        middle = [(span, start, end)]
+        return cover(low, start * span, level - 1) + middle + cover(end * span, high, level - 1)
+
+    return cover(first * 3600, last * 3600, len(spans) - 1)
+
+
+def _spans_of(every_s: int | None) -> list[int]:
+    """The rollup periods a trend of intervals *every_s* long may sum: those its intervals
+    hold whole (all of them without a trend)."""
+    return [span for span in SPANS if every_s is None or not every_s % span]
+
+
+def _timed(runs: Any) -> Any:
+    """A run cell's bucket where its duration counts (a completed run), else one bucket for
+    all: the other statuses' cells group into one row each."""
+    completed = runs.status.in_(COMPLETED_WORDS)
+    return case((completed, runs.bucket), else_=rollups.NO_DURATION).label("bucket")
+
+
+def _total(column: Any) -> Any:
+    """``SUM(column)`` as a ``BIGINT`` (PostgreSQL's sum of bigints is a numeric, which the
+    driver would turn into a slower ``Decimal`` per cell)."""
+    return cast(func.sum(column), BigInteger)
+
+
+def _cells(
+    conn: Connection, table: Any, periods: list[tuple[int, int, int]], workflow: str | None
+) -> list[Any]:
+    """*table*'s cells in *periods* (of :func:`period_ranges`), of one *workflow* or all, as the
+    sources to group: on PostgreSQL one ``UNION ALL`` of a primary-key range per period (one
+    hash aggregate: half the time of a query per range), elsewhere a source per range
+    (SQLite sorts to group, and sorting them all at once costs more than merging in Python)."""
+    ranges = []
+    for span, low, high in periods:
+        where = [table.c.span_s == span, table.c.period >= low, table.c.period < high]
+        if workflow is not None:
+            where.append(table.c.workflow_name == workflow)
+        ranges.append(select(table).where(*where))
+    if not ranges:
+        return []
+    if conn.dialect.name == "postgresql":
+        return [union_all(*ranges).subquery("cells")]
+    return [r.subquery("cells") for r in ranges]
+
+
+def from_rollups(
+    conn: Connection,
+    since: dt.datetime,
+    until: dt.datetime,
+    workflow: str | None,
+    trend: Trend | None,
+    insist: bool,
+) -> tuple[Runs, defaultdict[str, Steps]] | None:
+    """The window's outcomes from the rollups over its whole days and hours and the base
+    tables over the partial hours at its edges; ``None`` (read the base tables) when the window
+    holds no whole hour or, unless *insist*, fewer than :data:`EXACT_BELOW_RUNS` runs."""
+    first, on_hour = _hours(since)
+    first += not on_hour
+    last, _ = _hours(until)
+    if first >= last and not insist:
+        return None
+    if first < last:
+        edges = [(since, EPOCH + first * _HOUR), (EPOCH + last * _HOUR, until)]
+    else:
+        edges = [(since, until)]
+    runs, steps = Runs(), defaultdict[str, Steps](Steps)
+    if conn.dialect.name == "postgresql":  # sort a window's cells in memory, not on disk,
+        conn.execute(text(f"SET LOCAL work_mem = '{_PG_WORK_MEM}'"))
+        # and in this process: a few thousand cells a period range, which parallel workers
+        # only slow down (their start and the merge of their sorted halves: +15 % at 7 days)
+        conn.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+    # The totals from the longest periods that fit; a trend's intervals, in a query of their
+    # own, from the periods they hold whole (hours for an hourly trend).
+    for source in _cells(conn, workflow_rollup, period_ranges(first, last, SPANS), workflow):
+        r = source.c
+        keys: list[Any] = [r.workflow_name, r.status, _timed(r)]
+        query: Any = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
+        for name, status, bucket, n, longest in conn.execute(query).all():
+            value = None if bucket < 0 else _BUCKET_VALUES[bucket]
+            top = None if longest is None or value is None else float(longest)
+            runs.add(label_of(name), status, value, n, top)
+    if trend is not None:
+        every_s = int(trend.every.total_seconds())
+        periods = period_ranges(first, last, _spans_of(every_s))
+        for source in _cells(conn, workflow_rollup, periods, workflow):
+            r = source.c
+            interval = ((r.period * r.span_s) // every_s).label("interval")
+            keys = [r.workflow_name, r.status, _timed(r), interval]
+            query = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
+            for name, status, bucket, start, n, longest in conn.execute(query).all():
+                value = None if bucket < 0 else _BUCKET_VALUES[bucket]
+                top = None if longest is None or value is None else float(longest)
+                point = (label_of(name), EPOCH + int(start) * trend.every)
+                trend.add(point, status, value, n, top)
+    if first < last:  # runs still active are not in the rollups: few, through the index
+        whole_from, whole_to = EPOCH + first * _HOUR, EPOCH + last * _HOUR
+        whole = [_H.started_at >= whole_from, _H.started_at < whole_to]
+        if workflow is not None:
+            whole.append(_H.workflow_name == workflow)
+        active = select(_H.workflow_name, _H.status, _H.started_at)
+        for name, status, started in conn.execute(
+            active.where(_H.status.in_(rollups.ACTIVE_RUN_STATUSES), *whole)
+        ):
+            runs.add(label_of(name), status, None)
+            if trend is not None:
+                trend.add((label_of(name), trend.start_of(started)), status, None)
+    edge_windows = []
+    for low_at, high_at in edges:
+        if low_at >= high_at:
+            continue
+        window = [_H.started_at >= low_at, _H.started_at < high_at]
+        if workflow is not None:
+            window.append(_H.workflow_name == workflow)
+        edge_windows.append((window, low_at, high_at))
+        count_runs(conn, window, None, trend, runs)
+    if runs.count < EXACT_BELOW_RUNS and not insist:
+        return None
+    named: dict[tuple[str, int, str], list[Any]] = {}  # [max step name, count, longest]
+    completed, failed = StepStatus.COMPLETED.value, StepStatus.FAILED.value
+    for source in _cells(conn, workflow_step_rollup, period_ranges(first, last, SPANS), workflow):
+        c = source.c
+        timed = case((c.status == completed, c.bucket), else_=rollups.NO_DURATION)
+        step_keys = (c.workflow_name, c.step_index, c.step_name, c.status, c.error_type,
+                     timed.label("bucket"))  # fmt: skip
+        cells: Any = select(*step_keys, _total(c.attempts), func.max(c.max_ms))
+        for name, index, step, status, error, bucket, count, longest in conn.execute(
+            cells.group_by(*step_keys)  # durations of completed attempts only: fewer groups
+        ).all():  # fetched at once: one driver call, not one a row
+            label = label_of(name)
+            if status == completed:
+                if bucket >= 0:
+                    steps[label].durations[index, step][_BUCKET_VALUES[bucket]] += count
+            elif status == failed:
+                steps[label].failed((index, step), error, count)
+            key = (label, index, status)  # as the base tables count: the index's max name
+            known = named.get(key)
+            if known is None:
+                named[key] = [step, count, longest]
+                continue
+            known[1] += count
+            if step > known[0]:
+                known[0] = step
+            if longest is not None and (known[2] is None or longest > known[2]):
+                known[2] = longest
+    if first < last:  # nor are the attempts still running
+        running = select(_H.workflow_name, _S.step_index, func.max(_S.step_name), func.count())
+        running = running.select_from(_JOINED).where(
+            _S.status == rollups.ACTIVE_STEP_STATUS, *whole
+        )
+        for name, index, step, count in conn.execute(
+            running.group_by(_H.workflow_name, _S.step_index)
+        ):
+            key = (label_of(name), index, rollups.ACTIVE_STEP_STATUS)
+            known = named.setdefault(key, [step, 0, None])
+            known[0], known[1] = max(step, known[0]), known[1] + count
+    for (label, index, status), (step, count, longest) in named.items():
+        steps[label].counted((index, step), status, count, longest)
+    for window, low_at, high_at in edge_windows:
+        count_steps(conn, window, low_at, high_at, 0, steps, edge=True)
+    return runs, steps
