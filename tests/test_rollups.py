@@ -551,6 +551,36 @@ def test_a_failure_a_day_after_its_runs_start_at_a_windows_edge_is_counted_from_
     assert (failing.step_name, failing.failures) == ("burn_in", 31)
 
 
+def test_a_step_renamed_between_whole_hours_and_an_edge_counts_once_under_its_latest_name(
+    engine: sa.Engine,
+) -> None:
+    """Step 2 is ``burn_in`` in the window's whole hours (rollup cells) and ``burn_in_v2`` in
+    its partial first hour (base rows): both sources count under one name per index, the
+    greatest, as the base tables' ``GROUP BY step_index`` does — one row, every attempt."""
+    runs, steps = [], []
+    for n in range(6):
+        started = T0 + dt.timedelta(minutes=20 if n < 2 else 60 * n + 5)
+        name = "burn_in_v2" if n < 2 else "burn_in"
+        runs.append(run_row(f"rename-{n}", status="completed", started_at=started,
+                            duration_ms=60_000 + n))  # fmt: skip
+        steps.append(step_row(f"rename-{n}", 2, name, started_at=started,
+                              duration_ms=1_000 * (n + 1)))  # fmt: skip
+    add(engine, runs, steps)
+    window = {"since": T0 + dt.timedelta(minutes=17), "until": T0 + dt.timedelta(hours=8)}
+    rolled = "auto" if engine.dialect.name == "mysql" else "rollups"  # MariaDB keeps none
+    with engine.connect() as connection:
+        mine = compute_stats(connection, source=rolled, **window)
+        exact = compute_stats(connection, source="base", **window)
+    _compare(mine, exact)
+    (step,) = mine.workflows[0].steps
+    assert (step.step_index, step.step_name, step.attempts, step.max_ms) == (
+        2,
+        "burn_in_v2",
+        6,
+        6_000,
+    )
+
+
 @pytest.mark.parametrize("every", [None, dt.timedelta(days=1), dt.timedelta(days=7)])
 def test_stats_over_whole_weeks_read_from_rollups_match_the_base_tables(
     engine: sa.Engine, every: dt.timedelta | None

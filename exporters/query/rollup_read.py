@@ -32,10 +32,11 @@ from exporters.query.tally import (
     EPOCH,
     MEDIAN_SAMPLE_RUNS,
     Runs,
+    StepCounts,
     Steps,
     Trend,
+    count_attempts,
     count_runs,
-    count_steps,
     label_of,
 )
 from instrumentation.attributes import StepStatus
@@ -186,50 +187,60 @@ def from_rollups(
         window = [_H.started_at >= low_at, _H.started_at < high_at]
         if workflow is not None:
             window.append(_H.workflow_name == workflow)
-        edge_windows.append((window, low_at, high_at))
+        edge_windows.append(window)
         count_runs(conn, window, None, trend, runs)
     if runs.count < EXACT_BELOW_RUNS and not insist:
         return None
-    named: dict[tuple[str, int, str], list[Any]] = {}  # [max step name, count, longest]
-    completed, failed = StepStatus.COMPLETED.value, StepStatus.FAILED.value
+    counts = StepCounts()
+    completed = StepStatus.COMPLETED.value
     for source in _cells(conn, workflow_step_rollup, period_ranges(first, last, SPANS), workflow):
-        c = source.c
-        timed = case((c.status == completed, c.bucket), else_=rollups.NO_DURATION)
-        step_keys = (c.workflow_name, c.step_index, c.step_name, c.status, c.error_type,
-                     timed.label("bucket"))  # fmt: skip
-        cells: Any = select(*step_keys, _total(c.attempts), func.max(c.max_ms))
-        for name, index, step, status, error, bucket, count, longest in conn.execute(
-            cells.group_by(*step_keys)  # durations of completed attempts only: fewer groups
-        ).all():  # fetched at once: one driver call, not one a row
+        _read_completed(conn, source.c, steps, counts)
+        c = source.c  # the other outcomes: a few cells each, failures per error type
+        outcome = (c.workflow_name, c.step_index, c.step_name, c.status, c.error_type)
+        others = select(*outcome, _total(c.attempts), func.max(c.max_ms))
+        others = others.where(c.status != completed).group_by(*outcome)
+        for name, index, step, status, error, n, longest in conn.execute(others):
             label = label_of(name)
-            if status == completed:
-                if bucket >= 0:
-                    steps[label].durations[index, step][_BUCKET_VALUES[bucket]] += count
-            elif status == failed:
-                steps[label].failed((index, step), error, count)
-            key = (label, index, status)  # as the base tables count: the index's max name
-            known = named.get(key)
-            if known is None:
-                named[key] = [step, count, longest]
-                continue
-            known[1] += count
-            if step > known[0]:
-                known[0] = step
-            if longest is not None and (known[2] is None or longest > known[2]):
-                known[2] = longest
+            if status == StepStatus.FAILED:
+                steps[label].failed((index, step), error, n)
+            counts.add(label, index, status, step, n, longest)
     if first < last:  # nor are the attempts still running
         running = select(_H.workflow_name, _S.step_index, func.max(_S.step_name), func.count())
         running = running.select_from(_JOINED).where(
             _S.status == rollups.ACTIVE_STEP_STATUS, *whole
         )
-        for name, index, step, count in conn.execute(
-            running.group_by(_H.workflow_name, _S.step_index)
-        ):
-            key = (label_of(name), index, rollups.ACTIVE_STEP_STATUS)
-            known = named.setdefault(key, [step, 0, None])
-            known[0], known[1] = max(step, known[0]), known[1] + count
-    for (label, index, status), (step, count, longest) in named.items():
-        steps[label].counted((index, step), status, count, longest)
-    for window, low_at, high_at in edge_windows:
-        count_steps(conn, window, low_at, high_at, 0, steps, edge=True)
+        for name, index, step, n in conn.execute(running.group_by(_H.workflow_name, _S.step_index)):
+            counts.add(label_of(name), index, rollups.ACTIVE_STEP_STATUS, step, n, None)
+    for window in edge_windows:
+        count_attempts(conn, window, steps, counts)
+    counts.into(steps)
     return runs, steps
+
+
+def _read_completed(
+    conn: Connection, cells: Any, steps: defaultdict[str, Steps], counts: StepCounts
+) -> None:
+    """The completed attempts' cells of one source: per step, their count, the longest, and
+    how many fell in each duration bucket (most of a window's cells: grouped by the database
+    on four keys, gathered here per step before their buckets become durations)."""
+    keys = (cells.workflow_name, cells.step_index, cells.step_name, cells.bucket)
+    query = select(*keys, _total(cells.attempts), func.max(cells.max_ms))
+    query = query.where(cells.status == StepStatus.COMPLETED.value).group_by(*keys)
+    per_step: dict[tuple[Any, int, str], list[Any]] = {}  # [{bucket: n}, n, longest]
+    for name, index, step, bucket, n, longest in conn.execute(query).all():
+        found = per_step.get((name, index, step))
+        if found is None:
+            per_step[name, index, step] = [{bucket: n}, n, longest]
+            continue
+        found[0][bucket] = n  # each bucket once per step: grouped by it
+        found[1] += n
+        if longest is not None and (found[2] is None or longest > found[2]):
+            found[2] = longest
+    completed = StepStatus.COMPLETED.value
+    for (name, index, step), (buckets, n, longest) in per_step.items():
+        label = label_of(name)
+        durations = steps[label].durations[index, step]
+        for bucket, in_bucket in buckets.items():
+            if bucket >= 0:
+                durations[_BUCKET_VALUES[bucket]] += in_bucket
+        counts.add(label, index, completed, step, n, longest)
