@@ -158,16 +158,23 @@ def from_rollups(
     if trend is not None:
         every_s = int(trend.every.total_seconds())
         periods = period_ranges(first, last, _spans_of(every_s))
+        one_each = all(span == every_s for span, _, _ in periods)  # a period is an interval
+        starts: dict[int, dt.datetime] = {}
         for source in _cells(conn, workflow_rollup, periods, workflow):
             r = source.c
             interval = ((r.period * r.span_s) // every_s).label("interval")
-            keys = [r.workflow_name, r.status, _timed(r), interval]
-            query = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
+            if one_each:  # each cell is its key's in its interval: nothing to group
+                query = select(r.workflow_name, r.status, r.bucket, interval, r.runs, r.max_ms)
+            else:
+                keys = [r.workflow_name, r.status, _timed(r), interval]
+                query = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
             for name, status, bucket, start, n, longest in conn.execute(query).all():
-                value = None if bucket < 0 else _BUCKET_VALUES[bucket]
+                value = None if bucket < 0 else _BUCKET_VALUES[bucket]  # not completed: unread
                 top = None if longest is None or value is None else float(longest)
-                point = (label_of(name), EPOCH + int(start) * trend.every)
-                trend.add(point, status, value, n, top)
+                at = starts.get(start)
+                if at is None:
+                    at = starts[start] = EPOCH + int(start) * trend.every
+                trend.add((label_of(name), at), status, value, n, top)
     if first < last:  # runs still active are not in the rollups: few, through the index
         whole_from, whole_to = EPOCH + first * _HOUR, EPOCH + last * _HOUR
         whole = [_H.started_at >= whole_from, _H.started_at < whole_to]
