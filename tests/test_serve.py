@@ -396,6 +396,34 @@ def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Any) -> None:
     assert "token is needed" in result.stderr and "FLOWTEL_SERVE_TOKEN" in result.stderr
 
 
+def test_serve_freezes_its_start_up_objects_before_serving(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By the time uvicorn starts, what start-up built is frozen out of the cyclic garbage
+    collector's sight (``gc.get_freeze_count()`` above zero); nothing was frozen before."""
+    import gc
+
+    import uvicorn
+    from click.testing import CliRunner
+
+    from exporters.cli import main
+
+    url = f"sqlite:///{tmp_path}/h.db"
+    engine = make_engine(url)
+    create_schema(engine)
+    engine.dispose()
+    frozen_at_run: list[int] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: frozen_at_run.append(gc.get_freeze_count()))
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        result = CliRunner().invoke(main, ["serve", "--db", url])
+    finally:
+        gc.unfreeze()
+    assert result.exit_code == 0, result.output
+    assert len(frozen_at_run) == 1 and frozen_at_run[0] > 1000
+
+
 def test_serve_exits_3_when_the_database_cannot_be_opened(tmp_path: Any) -> None:
     """A SQLite file that does not exist is not created: exit status 3, one line."""
     result = subprocess.run(

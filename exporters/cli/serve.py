@@ -7,11 +7,13 @@ history holds server names, errors and context. With a token every request needs
 at start ends with exit status 3, as in the other reading commands. The web stack is the
 ``flowtel[web]`` extra; without it the command says what to install. At most ``--max-streams``
 live streams are open at once (one more is answered 503, and the page retries), and uvicorn
-serves at most that many plus :data:`OTHER_REQUESTS` connections.
+serves at most that many plus :data:`OTHER_REQUESTS` connections. Before serving it freezes
+its start-up objects out of the garbage collector's sight (``gc.freeze()``).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 
 import click
@@ -110,6 +112,11 @@ def serve(
     click.echo(f"flowtel serve: {shown} on http://{where}:{port}/", err=True)
     if token:
         click.echo("  every request needs 'Authorization: Bearer <token>'", err=True)
+    # What start-up built (modules, the app, the engine) lives as long as the server: out of
+    # the cyclic collector's sight, a full collection walks only what requests made since, not
+    # every imported object (the tens of ms a full pass took stats pages; docs/operations.md).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=host,
