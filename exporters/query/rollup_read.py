@@ -20,7 +20,7 @@ from sqlalchemy import BigInteger, case, cast, func, literal, select, text, unio
 from sqlalchemy.engine import Connection
 
 from exporters.db import rollups
-from exporters.db.rollups import BUCKET_LOWER_MS, SPANS, bucket_value
+from exporters.db.rollups import SPANS
 from exporters.db.schema import (
     workflow_history,
     workflow_rollup,
@@ -28,6 +28,7 @@ from exporters.db.schema import (
     workflow_step_rollup,
 )
 from exporters.query.tally import (
+    BUCKET_VALUES,
     COMPLETED_WORDS,
     EPOCH,
     MEDIAN_SAMPLE_RUNS,
@@ -51,7 +52,6 @@ _H, _S = workflow_history.c, workflow_step_history.c
 _JOINED = workflow_history.join(workflow_step_history, _S.run_id == _H.run_id)
 _HOUR = dt.timedelta(hours=1)
 _PG_WORK_MEM = "64MB"  # for the rest of the reader's transaction only (SET LOCAL)
-_BUCKET_VALUES = tuple(bucket_value(b) for b in range(len(BUCKET_LOWER_MS)))
 
 
 def _hours(when: dt.datetime) -> tuple[int, bool]:
@@ -152,14 +152,13 @@ def from_rollups(
         keys: list[Any] = [r.workflow_name, r.status, _timed(r)]
         query: Any = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
         for name, status, bucket, n, longest in conn.execute(query).all():
-            value = None if bucket < 0 else _BUCKET_VALUES[bucket]
+            value = None if bucket < 0 else BUCKET_VALUES[bucket]
             top = None if longest is None or value is None else float(longest)
             runs.add(label_of(name), status, value, n, top)
     if trend is not None:
         every_s = int(trend.every.total_seconds())
         periods = period_ranges(first, last, _spans_of(every_s))
         one_each = all(span == every_s for span, _, _ in periods)  # a period is an interval
-        starts: dict[int, dt.datetime] = {}
         for source in _cells(conn, workflow_rollup, periods, workflow):
             r = source.c
             interval = ((r.period * r.span_s) // every_s).label("interval")
@@ -168,13 +167,7 @@ def from_rollups(
             else:
                 keys = [r.workflow_name, r.status, _timed(r), interval]
                 query = select(*keys, _total(r.runs), func.max(r.max_ms)).group_by(*keys)
-            for name, status, bucket, start, n, longest in conn.execute(query).all():
-                value = None if bucket < 0 else _BUCKET_VALUES[bucket]  # not completed: unread
-                top = None if longest is None or value is None else float(longest)
-                at = starts.get(start)
-                if at is None:
-                    at = starts[start] = EPOCH + int(start) * trend.every
-                trend.add((label_of(name), at), status, value, n, top)
+            trend.add_cells(conn.execute(query).all())
     if first < last:  # runs still active are not in the rollups: few, through the index
         whole_from, whole_to = EPOCH + first * _HOUR, EPOCH + last * _HOUR
         whole = [_H.started_at >= whole_from, _H.started_at < whole_to]
@@ -259,5 +252,5 @@ def _read_step_cells(
         durations = steps[label].durations[index, named]
         for bucket, in_bucket in buckets.items():
             if bucket >= 0:
-                durations[_BUCKET_VALUES[bucket]] += in_bucket
+                durations[BUCKET_VALUES[bucket]] += in_bucket
         counts.add(label, index, completed, named, n, longest)

@@ -21,7 +21,7 @@ import math
 import re
 import typing
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from exporters.db.rollups import BUCKET_LOWER_MS, bucket_value
 from exporters.db.schema import (
     workflow_history,
     workflow_step_history,
@@ -53,6 +54,7 @@ from instrumentation.attributes import (
 )
 
 __all__ = [
+    "BUCKET_VALUES",
     "BY_COLUMNS",
     "COMPLETED_WORDS",
     "EPOCH",
@@ -83,6 +85,9 @@ MEDIAN_SAMPLE_RUNS = 2000
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 """Where trend intervals and rollup periods are counted from."""
+
+BUCKET_VALUES = tuple(bucket_value(b) for b in range(len(BUCKET_LOWER_MS)))
+"""The duration a rollup bucket stands for (its geometric middle), by bucket."""
 
 _LEGACY_STATUSES = {"success": RunStatus.COMPLETED.value}  # the old system's word for completed
 COMPLETED_WORDS = (RunStatus.COMPLETED.value, *_LEGACY_STATUSES)
@@ -160,20 +165,33 @@ def median_and_p95(durations: Counter[float]) -> tuple[float | None, float | Non
     return found[0], found[1]
 
 
+def _counts(statuses: Counter[str]) -> tuple[int, int, int, int, int, int]:
+    """Runs, completed, failed, cancelled, abandoned and running, from status counts."""
+    return (
+        sum(statuses.values()),
+        statuses[RunStatus.COMPLETED],
+        statuses[RunStatus.FAILED],
+        statuses[RunStatus.CANCELLED],
+        statuses[RunStatus.ABANDONED],
+        sum(statuses[s] for s in ACTIVE_RUN_STATUSES),
+    )
+
+
 def _totals(
     group: str | None, statuses: Counter[str], durations: Counter[float], longest: float | None
 ) -> GroupStats:
     finished = sum(statuses[s] for s in _FINISHED)
     p50, p95 = median_and_p95(durations)
+    runs, completed, failed, cancelled, abandoned, running = _counts(statuses)
     return GroupStats(
         group=group,
-        runs=sum(statuses.values()),
-        completed=statuses[RunStatus.COMPLETED],
-        failed=statuses[RunStatus.FAILED],
-        cancelled=statuses[RunStatus.CANCELLED],
-        abandoned=statuses[RunStatus.ABANDONED],
-        running=sum(statuses[s] for s in ACTIVE_RUN_STATUSES),
-        success_rate=statuses[RunStatus.COMPLETED] / finished if finished else None,
+        runs=runs,
+        completed=completed,
+        failed=failed,
+        cancelled=cancelled,
+        abandoned=abandoned,
+        running=running,
+        success_rate=completed / finished if finished else None,
         p50_ms=p50,
         p95_ms=p95,
         max_ms=longest,
@@ -229,14 +247,41 @@ class Trend(Outcomes):
         when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
         return EPOCH + self.every * ((when - EPOCH) // self.every)
 
+    def add_cells(self, cells: Iterable[Sequence[Any]]) -> None:
+        """Count rollup cells, each (workflow name, status, duration bucket, interval number
+        since the epoch, runs, longest ms): :meth:`add`'s work in one loop, for the thousands
+        of cells of an hourly trend (a call and a ``Counter`` miss a cell cost 2 µs)."""
+        labels: dict[Any, str] = {}
+        starts: dict[int, dt.datetime] = {}
+        completed = RunStatus.COMPLETED.value
+        for name, status, bucket, number, n, longest in cells:
+            label = labels.get(name)
+            if label is None:
+                label = labels[name] = label_of(name)
+            at = starts.get(number)
+            if at is None:
+                at = starts[number] = EPOCH + int(number) * self.every
+            key = (label, at)
+            status = _LEGACY_STATUSES.get(status, status)
+            counts = self.statuses[key]
+            counts[status] = counts.get(status, 0) + n
+            if status == completed and bucket >= 0:
+                value = BUCKET_VALUES[bucket]
+                durations = self.durations[key]
+                durations[value] = durations.get(value, 0) + n
+                top = value if longest is None else float(longest)
+                if top > self.longest.get(key, top - 1):
+                    self.longest[key] = top
+
     def points(self, name: str, since: dt.datetime, until: dt.datetime) -> list[TrendPoint]:
         """Every interval of the window for *name*, empty ones included, oldest first."""
         points = []
         start = self.start_of(since)
+        none: Counter[Any] = Counter()
         while start < until:
-            t = self.totals((name, start), None)
-            counts = (t.runs, t.completed, t.failed, t.cancelled, t.abandoned, t.running)
-            points.append(TrendPoint(start, *counts, t.p50_ms, t.p95_ms))
+            statuses = self.statuses.get((name, start), none)
+            p50, p95 = median_and_p95(self.durations.get((name, start), none))
+            points.append(TrendPoint(start, *_counts(statuses), p50, p95))
             start += self.every
         return points
 
