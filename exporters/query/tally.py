@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    bindparam,
     cast,
     func,
     literal,
@@ -457,11 +458,24 @@ def with_examples(
     that started over a day after the window) does it walk on unbounded. (One ``UNION ALL``
     of them all would save round trips, but PostgreSQL's generic plan for it, once the driver
     prepares it, reads every failure of the window: seconds over 90 days.)"""
+    statements: dict[tuple[bool, bool, bool], Any] = {}
     messages: list[str | None] = []
     for name, step in ((w.workflow_name, s) for w in workflows for s in w.top_failing_steps):
-        latest = _latest_failure(name, step, in_window, since)
-        message = conn.execute(latest.where(_S.started_at <= until + _SLACK)).scalar()
-        messages.append(message if message is not None else conn.execute(latest).scalar())
+        unnamed, untyped = name == NO_VALUE, step.error_type is None
+        params = {"name": name, "index": step.step_index, "step": step.step_name,
+                  "error": step.error_type}  # fmt: skip
+        message = None
+        for bounded in (True, False):  # the unbounded walk only where the bounded finds none
+            statement = statements.get((unnamed, untyped, bounded))
+            if statement is None:
+                statement = _latest_failure(unnamed, untyped, in_window, since)
+                if bounded:
+                    statement = statement.where(_S.started_at <= until + _SLACK)
+                statements[unnamed, untyped, bounded] = statement
+            message = conn.execute(statement, params).scalar()
+            if message is not None:
+                break
+        messages.append(message)
     found = iter(messages)
     return [
         dataclasses.replace(
@@ -476,19 +490,22 @@ def with_examples(
 
 
 def _latest_failure(
-    name: str, step: FailingStep, in_window: list[ColumnElement[bool]], since: dt.datetime
+    unnamed: bool, untyped: bool, in_window: list[ColumnElement[bool]], since: dt.datetime
 ) -> Any:
-    """The message of *step*'s latest failure of its error type among the window's runs of
-    the workflow *name*, through the status index (newest first, the first match)."""
+    """The message of a step's latest failure of one error type among the window's runs of
+    one workflow, through the status index (newest first, the first match). The workflow,
+    step index and name and error type are the parameters ``name``, ``index``, ``step`` and
+    ``error`` (one statement for every failing step: built and compiled once); *unnamed*: the
+    workflow is :data:`NO_VALUE` (no name), *untyped*: the error type is none."""
     named = (
         (_H.workflow_name.is_(None) | _H.workflow_name.in_(("", NO_VALUE)))
-        if name == NO_VALUE
-        else _H.workflow_name == name
+        if unnamed
+        else _H.workflow_name == bindparam("name")
     )
     error = (
         (_S.error_type.is_(None) | (_S.error_type == ""))
-        if step.error_type is None
-        else _S.error_type == step.error_type
+        if untyped
+        else _S.error_type == bindparam("error")
     )
     return (
         select(_S.error_message)
@@ -499,8 +516,8 @@ def _latest_failure(
             error,
             _IS_FAILED,
             _S.started_at >= since,
-            _S.step_index == step.step_index,
-            _S.step_name == step.step_name,
+            _S.step_index == bindparam("index"),
+            _S.step_name == bindparam("step"),
             func.coalesce(_S.error_message, "") != "",
         )
         .order_by(_S.started_at.desc())  # the status index's order: stops at the first
