@@ -13,6 +13,7 @@ spool. ``force_flush`` waits, up to its timeout, for that replay.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -222,3 +223,47 @@ def test_force_flush_waits_for_the_replay_once_a_database_that_was_down_answers(
         waker.cancel()
         waker.join()
     assert recorded(processor.engine, run_id) == ("completed", ["completed"] * STEPS)
+
+
+def _driver_closed(raw: Any) -> bool:
+    """Whether a driver connection (psycopg, PyMySQL or sqlite3) is closed (sqlite3: only
+    while no other thread uses it)."""
+    if hasattr(raw, "closed"):  # psycopg
+        return bool(raw.closed)
+    if hasattr(raw, "open"):  # PyMySQL
+        return not raw.open
+    try:
+        raw.execute("SELECT 1")
+    except Exception:  # sqlite3.ProgrammingError: Cannot operate on a closed database
+        return True
+    return False
+
+
+def test_the_connection_of_a_call_that_outlived_shutdown_is_closed_once_it_returns(
+    hangable: Hangable,  # noqa: F811
+    tmp_path: Path,
+    processors: list[WorkflowHistorySpanProcessor],
+) -> None:
+    """shutdown(1 s) under a hung database leaves the writer's kept connection in its call and
+    disposes the engine's pool; once the database answers and the call returns, that
+    connection is closed, not checked into the disposed pool (where it stayed open until
+    garbage collected: psycopg's "deleted while still open" warning in CI)."""
+    processor, provider = build(
+        processors, hangable.url, tmp_path / "spool", durability="step", durability_timeout=0.2
+    )
+    workflow(provider)
+    assert processor.force_flush(30_000)
+    kept = processor.writer._connection
+    assert kept is not None
+    raw = kept.connection.driver_connection
+    hangable.hang()
+    workflow(provider)
+    processor.shutdown(1_000)
+    database_thread = processor.writer.db._thread
+    assert database_thread is not None and database_thread.is_alive()  # still in its call
+    if not isinstance(raw, sqlite3.Connection):  # a sqlite3 one in use must not be touched
+        assert not _driver_closed(raw)
+    hangable.wake()
+    database_thread.join(30)
+    assert not database_thread.is_alive()
+    assert _driver_closed(raw)

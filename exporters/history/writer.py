@@ -591,8 +591,7 @@ class HistoryWriter:
                     result = bulk_upsert_rows(connection, run_rows, step_rows)
             except BaseException as exc:
                 self._connection = None
-                with contextlib.suppress(Exception):
-                    connection.close()
+                _discard(connection)
                 stale = isinstance(exc, DBAPIError) and exc.connection_invalidated
                 if fresh or not stale or attempt == 2:
                     raise
@@ -604,11 +603,10 @@ class HistoryWriter:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _release_connection(self) -> None:
-        """Close the kept connection (on the database thread, once it is idle)."""
+        """Close the kept connection (once no call can be using it)."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
+            _discard(connection)
 
     def _count(self, counts: tuple[int, int, int]) -> None:
         self.stats.batches_written += 1
@@ -814,3 +812,14 @@ class HistoryWriter:
             self.overflow.forget()
         for replayer in self.replayers:
             replayer.release()  # closing our copy keeps the parent's lock
+
+
+def _discard(connection: Connection) -> None:
+    """Close *connection*'s driver connection outright, not back into the engine's pool: a
+    call that outlived the writer's shutdown (a hung database) returns after the pool was
+    disposed, and a connection checked into that old pool stayed open until garbage
+    collected; one that failed a batch is not worth keeping either."""
+    with contextlib.suppress(Exception):
+        connection.invalidate()
+    with contextlib.suppress(Exception):
+        connection.close()
