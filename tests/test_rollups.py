@@ -512,6 +512,17 @@ def test_a_run_and_its_steps_written_in_one_statement_are_counted_once(engine: s
         assert hourly == {"a": 1, "b": 1}
 
 
+def _rolled_matching_base(engine: sa.Engine, since: dt.datetime, until: dt.datetime) -> Any:
+    """The window's stats from the rollups (MariaDB, which keeps none: as chosen), after
+    checking them against the base tables' with :func:`_compare`."""
+    rolled = "auto" if engine.dialect.name == "mysql" else "rollups"
+    with engine.connect() as connection:
+        mine = compute_stats(connection, since=since, until=until, source=rolled)
+        exact = compute_stats(connection, since=since, until=until, source="base")
+    _compare(mine, exact)
+    return mine
+
+
 def test_a_failure_a_day_after_its_runs_start_at_a_windows_edge_is_counted_from_the_rollups(
     engine: sa.Engine,
 ) -> None:
@@ -541,12 +552,8 @@ def test_a_failure_a_day_after_its_runs_start_at_a_windows_edge_is_counted_from_
         steps.append(step_row(f"later-{n}", 2, "burn_in", status="failed", started_at=started,
                               error_type="TimeoutError", error_message="no answer"))  # fmt: skip
     add(engine, runs, steps)
-    window = {"since": T0 + dt.timedelta(minutes=17), "until": T0 + dt.timedelta(hours=40)}
-    rolled = "auto" if engine.dialect.name == "mysql" else "rollups"  # MariaDB keeps none
-    with engine.connect() as connection:
-        mine = compute_stats(connection, source=rolled, **window)
-        exact = compute_stats(connection, source="base", **window)
-    _compare(mine, exact)
+    since, until = T0 + dt.timedelta(minutes=17), T0 + dt.timedelta(hours=40)
+    mine = _rolled_matching_base(engine, since, until)
     (failing,) = mine.workflows[0].top_failing_steps
     assert (failing.step_name, failing.failures) == ("burn_in", 31)
 
@@ -566,12 +573,8 @@ def test_a_step_renamed_between_whole_hours_and_an_edge_counts_once_under_its_la
         steps.append(step_row(f"rename-{n}", 2, name, started_at=started,
                               duration_ms=1_000 * (n + 1)))  # fmt: skip
     add(engine, runs, steps)
-    window = {"since": T0 + dt.timedelta(minutes=17), "until": T0 + dt.timedelta(hours=8)}
-    rolled = "auto" if engine.dialect.name == "mysql" else "rollups"  # MariaDB keeps none
-    with engine.connect() as connection:
-        mine = compute_stats(connection, source=rolled, **window)
-        exact = compute_stats(connection, source="base", **window)
-    _compare(mine, exact)
+    since, until = T0 + dt.timedelta(minutes=17), T0 + dt.timedelta(hours=8)
+    mine = _rolled_matching_base(engine, since, until)
     (step,) = mine.workflows[0].steps
     assert (step.step_index, step.step_name, step.attempts, step.max_ms) == (
         2,
