@@ -19,7 +19,8 @@ databases (the SQLite file at ``--sqlite-file``) and ``--reuse`` measures them a
 loading, their rollups as they are unless ``--rebuild-rollups`` (after a change of their
 layout). ``--gc-freeze`` times the rounds a second time after ``gc.freeze()``, as ``flowtel
 serve`` runs them: the process's start-up objects out of the cyclic collector's sight, whose
-full passes otherwise land in about one call in seven (30 ms each here) and set the p95.
+full passes otherwise land in about one call in seven (30 ms each here, timed with
+``gc.callbacks``) and set the p95.
 """
 
 from __future__ import annotations
